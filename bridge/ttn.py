@@ -18,6 +18,8 @@ from typing import Any
 from node_firmware.protocol import ProtocolError
 
 MAX_CORRELATION_ID_CHARS = 100  # The Things Stack rejects longer correlation ids
+MAX_DEVICE_ID = 64  # TTN allows 36; the database column holds 64
+MAX_F_CNT = 2**32 - 1  # LoRaWAN frame counters are 32-bit
 
 # TTN event key -> our downlink status (DESIGN.md "downlink" event statuses).
 DOWNLINK_EVENT_STATUS = {
@@ -160,6 +162,8 @@ def parse_message(body: bytes | str) -> TTNMessage:
     device_id = ids.get("device_id")
     if not isinstance(device_id, str) or not device_id:
         raise TTNMessageError("end_device_ids.device_id is missing")
+    if len(device_id) > MAX_DEVICE_ID:
+        raise TTNMessageError(f"end_device_ids.device_id is longer than {MAX_DEVICE_ID} characters")
     app_ids = ids.get("application_ids")
     application_id = app_ids.get("application_id") if isinstance(app_ids, dict) else None
     top_correlation = _str_list(doc.get("correlation_ids"))
@@ -185,6 +189,10 @@ def _parse_uplink(
     payload = _b64(up.get("frm_payload"), "uplink_message.frm_payload")
     f_port = _int(up.get("f_port"), "uplink_message.f_port", default=0)
     f_cnt = _int(up.get("f_cnt"), "uplink_message.f_cnt", default=0)  # absent = 0
+    if not 0 <= f_port <= 255:
+        raise TTNMessageError(f"uplink_message.f_port {f_port} is outside 0..255")
+    if not 0 <= f_cnt <= MAX_F_CNT:
+        raise TTNMessageError(f"uplink_message.f_cnt {f_cnt} is outside 0..{MAX_F_CNT}")
     received = doc.get("received_at") or up.get("received_at")
     received_at = parse_time(received)
     rssi = snr = None

@@ -184,3 +184,23 @@ def test_any_json_either_parses_or_raises_ttn_message_error(value: object) -> No
 def test_any_bytes_either_parse_or_raise_ttn_message_error(body: bytes) -> None:
     with contextlib.suppress(TTNMessageError):
         parse_message(body)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"f_port": 256}, "f_port 256 is outside"),
+        ({"f_port": -1}, "f_port -1 is outside"),
+        ({"f_cnt": 2**32}, "f_cnt 4294967296 is outside"),
+    ],
+)
+def test_out_of_range_counters_are_refused(change: dict[str, int], words: str) -> None:
+    doc = json.loads(uplink("n1", 1, b"\x00", at_seconds(0)))
+    doc["uplink_message"].update(change)
+    with pytest.raises(TTNMessageError, match=words):
+        parse_message(json.dumps(doc))
+
+
+def test_a_too_long_device_id_is_refused() -> None:
+    with pytest.raises(TTNMessageError, match="longer than 64"):
+        parse_message(uplink("n" * 65, 1, b"\x00", at_seconds(0)))
