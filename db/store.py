@@ -1,0 +1,806 @@
+"""Storage adapter: SQLAlchemy Core over PyMySQL (production) or SQLite (the demo).
+
+Rows never leave this module: reads return the frozen dataclasses below. Writes that belong to
+one uplink happen in one transaction (`Store.transaction()`), so the bridge acknowledges an
+uplink to the broker only after everything it caused is committed. Every write is idempotent
+under the schema's unique constraints, so a redelivered uplink or a second bridge stores nothing
+twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from db import schema as t
+
+log = logging.getLogger(__name__)
+
+PENDING_STATUSES = ("queued", "sent", "acked", "nacked")
+FINAL_STATUSES = ("applied", "failed", "superseded")
+
+
+class StorageUnavailable(RuntimeError):
+    """The database cannot be reached right now; the caller should retry later."""
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with pre-ping (survives MySQL's wait_timeout and restarts) for MySQL or SQLite."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        pool_size=10,
+        max_overflow=20,
+        connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+    )
+
+
+# --- records returned to callers ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device with its desired and reported settings."""
+
+    device_id: str
+    created_at: datetime
+    last_seen: datetime | None
+    last_f_cnt: int | None
+    online: bool
+    desired_fan: bool | None
+    desired_mode: str | None
+    desired_threshold: int | None
+    fan_running: bool | None
+    reported_fan: bool | None
+    reported_mode: str | None
+    reported_threshold: int | None
+    uplinks: int
+    lost_uplinks: int
+    invalid_uplinks: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRecord:
+    """A stored frame's metadata (the grid and PNG are fetched separately)."""
+
+    frame_id: int
+    device_id: str
+    mode: str
+    frame_number: int
+    complete: bool
+    coverage: float
+    first_received_at: datetime
+    last_received_at: datetime
+    temp_min: float | None
+    temp_max: float | None
+    temp_mean: float | None
+    ambient: float | None
+    fan: bool
+    grid_rows: int
+    grid_cols: int
+
+
+@dataclass(frozen=True, slots=True)
+class AmbientRecord:
+    """One ambient temperature reading."""
+
+    device_id: str
+    at: datetime
+    temperature: float
+
+
+@dataclass(frozen=True, slots=True)
+class DownlinkStep:
+    """One entry of a downlink's status history."""
+
+    status: str
+    at: datetime
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DownlinkRecord:
+    """A settings downlink request and where it stands."""
+
+    downlink_id: int
+    device_id: str
+    correlation_id: str
+    fan: bool
+    mode: str
+    threshold: int
+    f_port: int
+    payload: bytes
+    status: str
+    message: str | None
+    requested_at: datetime
+    updated_at: datetime
+    published_at: datetime | None
+    history: tuple[DownlinkStep, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRecord:
+    """An alarm: opened once, closed when its condition clears."""
+
+    alarm_id: int
+    device_id: str
+    kind: str
+    active: bool
+    value: float | None
+    limit_value: float | None
+    opened_at: datetime
+    closed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFragment:
+    """A persisted fragment of a frame still open (replayed at start-up)."""
+
+    device_id: str
+    payload: bytes
+    received_at: datetime
+    opened_at: datetime
+
+
+def _device(row: Any) -> DeviceRecord:
+    return DeviceRecord(
+        device_id=row.device_id,
+        created_at=row.created_at,
+        last_seen=row.last_seen,
+        last_f_cnt=row.last_f_cnt,
+        online=bool(row.online),
+        desired_fan=None if row.desired_fan is None else bool(row.desired_fan),
+        desired_mode=row.desired_mode,
+        desired_threshold=row.desired_threshold,
+        fan_running=None if row.fan_running is None else bool(row.fan_running),
+        reported_fan=None if row.reported_fan is None else bool(row.reported_fan),
+        reported_mode=row.reported_mode,
+        reported_threshold=row.reported_threshold,
+        uplinks=row.uplinks or 0,
+        lost_uplinks=row.lost_uplinks or 0,
+        invalid_uplinks=row.invalid_uplinks or 0,
+    )
+
+
+_FRAME_COLUMNS = [
+    c for c in t.frames.c if c.name not in ("grid", "png", "opened_at", "received_mask")
+]
+
+
+def _frame(row: Any) -> FrameRecord:
+    return FrameRecord(
+        frame_id=row.frame_id,
+        device_id=row.device_id,
+        mode=row.mode,
+        frame_number=row.frame_number,
+        complete=bool(row.complete),
+        coverage=row.coverage,
+        first_received_at=row.first_received_at,
+        last_received_at=row.last_received_at,
+        temp_min=row.temp_min,
+        temp_max=row.temp_max,
+        temp_mean=row.temp_mean,
+        ambient=row.ambient,
+        fan=bool(row.fan),
+        grid_rows=row.grid_rows,
+        grid_cols=row.grid_cols,
+    )
+
+
+def _downlink(row: Any, history: Sequence[DownlinkStep] = ()) -> DownlinkRecord:
+    return DownlinkRecord(
+        downlink_id=row.downlink_id,
+        device_id=row.device_id,
+        correlation_id=row.correlation_id,
+        fan=bool(row.fan),
+        mode=row.mode,
+        threshold=row.threshold,
+        f_port=row.f_port,
+        payload=bytes(row.payload),
+        status=row.status,
+        message=row.message,
+        requested_at=row.requested_at,
+        updated_at=row.updated_at,
+        published_at=row.published_at,
+        history=tuple(history),
+    )
+
+
+def _alarm(row: Any) -> AlarmRecord:
+    return AlarmRecord(
+        alarm_id=row.alarm_id,
+        device_id=row.device_id,
+        kind=row.kind,
+        active=bool(row.active),
+        value=row.value,
+        limit_value=row.limit_value,
+        opened_at=row.opened_at,
+        closed_at=row.closed_at,
+    )
+
+
+# --- writes inside one transaction --------------------------------------------------------
+
+
+class Tx:
+    """The writes (and the reads they need) of one transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    # uplinks and devices
+
+    def uplink_seen(self, uplink_key: str) -> bool:
+        """True when this uplink is already in the log (a redelivery)."""
+        found = self.conn.execute(
+            select(t.uplinks.c.id).where(t.uplinks.c.uplink_key == uplink_key)
+        ).first()
+        return found is not None
+
+    def record_uplink(self, values: dict[str, Any]) -> None:
+        """Append to the uplink log (the caller checked uplink_seen first)."""
+        self.conn.execute(insert(t.uplinks).values(**values))
+
+    def device_for_update(self, device_id: str, now: datetime) -> DeviceRecord:
+        """The device row, created if new, locked for this transaction on MySQL."""
+        query = select(t.devices).where(t.devices.c.device_id == device_id)
+        if self.conn.dialect.name in ("mysql", "mariadb"):
+            query = query.with_for_update()
+        row = self.conn.execute(query).first()
+        if row is None:
+            self.conn.execute(
+                insert(t.devices).values(
+                    device_id=device_id,
+                    created_at=now,
+                    online=False,
+                    uplinks=0,
+                    lost_uplinks=0,
+                    invalid_uplinks=0,
+                )
+            )
+            row = self.conn.execute(query).first()
+        return _device(row)
+
+    def update_device(self, device_id: str, **values: Any) -> None:
+        """Set some columns of a device."""
+        if values:
+            self.conn.execute(
+                update(t.devices).where(t.devices.c.device_id == device_id).values(**values)
+            )
+
+    # open fragments
+
+    def add_open_fragment(self, values: dict[str, Any]) -> None:
+        """Persist a fragment of an open frame unless it is already there."""
+        c = t.open_fragments.c
+        exists = self.conn.execute(
+            select(c.id).where(
+                c.device_id == values["device_id"],
+                c.mode == values["mode"],
+                c.frame_number == values["frame_number"],
+                c.opened_at == values["opened_at"],
+                c.fragment_index == values["fragment_index"],
+            )
+        ).first()
+        if exists is None:
+            self.conn.execute(insert(t.open_fragments).values(**values))
+
+    def close_open_fragments(
+        self, device_id: str, mode: str, frame_number: int, opened_at: datetime
+    ) -> None:
+        """Forget the persisted fragments of a frame that has been stored."""
+        c = t.open_fragments.c
+        self.conn.execute(
+            delete(t.open_fragments).where(
+                c.device_id == device_id,
+                c.mode == mode,
+                c.frame_number == frame_number,
+                c.opened_at == opened_at,
+            )
+        )
+
+    # frames
+
+    def upsert_frame(self, values: dict[str, Any]) -> tuple[int, bool]:
+        """Insert a frame or improve the stored one; returns (frame_id, changed).
+
+        A stored frame is only replaced by one that carries more fragments, so a late or
+        second writer can never turn a complete frame back into a partial one.
+        """
+        c = t.frames.c
+        row = self.conn.execute(
+            select(c.frame_id, c.received_mask).where(
+                c.device_id == values["device_id"],
+                c.mode == values["mode"],
+                c.frame_number == values["frame_number"],
+                c.opened_at == values["opened_at"],
+            )
+        ).first()
+        if row is None:
+            result = self.conn.execute(insert(t.frames).values(**values))
+            return int(result.inserted_primary_key[0]), True
+        old_mask = int(row.received_mask)
+        new_mask = int(values["received_mask"])
+        if new_mask | old_mask == old_mask:
+            return int(row.frame_id), False
+        self.conn.execute(update(t.frames).where(c.frame_id == row.frame_id).values(**values))
+        return int(row.frame_id), True
+
+    def add_ambient(self, device_id: str, at: datetime, temperature: float) -> bool:
+        """Store an ambient reading once per (device, time)."""
+        c = t.ambient.c
+        exists = self.conn.execute(select(c.id).where(c.device_id == device_id, c.at == at)).first()
+        if exists is not None:
+            return False
+        self.conn.execute(
+            insert(t.ambient).values(device_id=device_id, at=at, temperature=temperature)
+        )
+        return True
+
+    def last_ambient(self, device_id: str) -> AmbientRecord | None:
+        """The newest ambient reading of a device."""
+        c = t.ambient.c
+        row = self.conn.execute(
+            select(c.device_id, c.at, c.temperature)
+            .where(c.device_id == device_id)
+            .order_by(c.at.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else AmbientRecord(row.device_id, row.at, row.temperature)
+
+    # downlinks
+
+    def create_downlink(self, values: dict[str, Any]) -> int:
+        """Insert a downlink request with its first history entry; returns its id."""
+        result = self.conn.execute(insert(t.downlinks).values(**values))
+        downlink_id = int(result.inserted_primary_key[0])
+        self.add_history(downlink_id, values["status"], values["requested_at"], values["message"])
+        return downlink_id
+
+    def add_history(self, downlink_id: int, status: str, at: datetime, message: str | None) -> None:
+        """Append to a downlink's status history."""
+        self.conn.execute(
+            insert(t.downlink_history).values(
+                downlink_id=downlink_id, status=status, at=at, message=message
+            )
+        )
+
+    def set_downlink_status(
+        self, downlink_id: int, status: str, at: datetime, message: str | None
+    ) -> None:
+        """Move a downlink to a status and record it in the history."""
+        self.conn.execute(
+            update(t.downlinks)
+            .where(t.downlinks.c.downlink_id == downlink_id)
+            .values(status=status, updated_at=at, message=message)
+        )
+        self.add_history(downlink_id, status, at, message)
+
+    def mark_published(self, downlink_id: int, at: datetime) -> None:
+        """Record that the downlink was handed to the broker."""
+        self.conn.execute(
+            update(t.downlinks)
+            .where(t.downlinks.c.downlink_id == downlink_id)
+            .values(published_at=at)
+        )
+
+    def pending_downlinks(self, device_id: str) -> list[DownlinkRecord]:
+        """A device's downlinks that are not final yet, oldest first."""
+        c = t.downlinks.c
+        rows = self.conn.execute(
+            select(t.downlinks)
+            .where(c.device_id == device_id, c.status.in_(PENDING_STATUSES))
+            .order_by(c.downlink_id)
+        ).all()
+        return [_downlink(r) for r in rows]
+
+    def downlink_by_correlation(self, correlation_ids: Sequence[str]) -> DownlinkRecord | None:
+        """The downlink one of these correlation ids belongs to."""
+        if not correlation_ids:
+            return None
+        row = self.conn.execute(
+            select(t.downlinks).where(t.downlinks.c.correlation_id.in_(list(correlation_ids)))
+        ).first()
+        return None if row is None else _downlink(row)
+
+    def downlink_by_payload(
+        self, device_id: str, f_port: int, payload: bytes
+    ) -> DownlinkRecord | None:
+        """Fallback match: the newest pending downlink with this port and payload."""
+        c = t.downlinks.c
+        row = self.conn.execute(
+            select(t.downlinks)
+            .where(
+                c.device_id == device_id,
+                c.f_port == f_port,
+                c.payload == payload,
+                c.status.in_(PENDING_STATUSES),
+            )
+            .order_by(c.downlink_id.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else _downlink(row)
+
+    def count_downlinks_since(self, device_id: str, since: datetime) -> int:
+        """How many downlinks a device was sent since a time (fair-use rate limit)."""
+        c = t.downlinks.c
+        return int(
+            self.conn.execute(
+                select(func.count())
+                .select_from(t.downlinks)
+                .where(c.device_id == device_id, c.requested_at >= since)
+            ).scalar_one()
+        )
+
+    # alarms
+
+    def active_alarm(self, device_id: str, kind: str) -> AlarmRecord | None:
+        """The open alarm of this kind for a device, if any."""
+        c = t.alarms.c
+        row = self.conn.execute(
+            select(t.alarms).where(c.device_id == device_id, c.kind == kind, c.active.is_(True))
+        ).first()
+        return None if row is None else _alarm(row)
+
+    def open_alarm(
+        self, device_id: str, kind: str, value: float | None, limit: float | None, at: datetime
+    ) -> AlarmRecord:
+        """Open an alarm."""
+        result = self.conn.execute(
+            insert(t.alarms).values(
+                device_id=device_id,
+                kind=kind,
+                active=True,
+                value=value,
+                limit_value=limit,
+                opened_at=at,
+            )
+        )
+        return AlarmRecord(
+            int(result.inserted_primary_key[0]), device_id, kind, True, value, limit, at, None
+        )
+
+    def close_alarm(self, alarm: AlarmRecord, value: float | None, at: datetime) -> AlarmRecord:
+        """Close an alarm whose condition cleared."""
+        self.conn.execute(
+            update(t.alarms)
+            .where(t.alarms.c.alarm_id == alarm.alarm_id)
+            .values(active=False, closed_at=at)
+        )
+        return AlarmRecord(
+            alarm.alarm_id,
+            alarm.device_id,
+            alarm.kind,
+            False,
+            value,
+            alarm.limit_value,
+            alarm.opened_at,
+            at,
+        )
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+class Store:
+    """Reads for the webapp and transactions for the bridge."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        """A store on a new engine."""
+        return cls(make_engine(url))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """One database transaction; StorageUnavailable when the server cannot be reached."""
+        try:
+            with self.engine.begin() as conn:
+                yield Tx(conn)
+        except OperationalError as exc:
+            raise StorageUnavailable(_short(exc)) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StorageUnavailable(_short(exc)) from exc
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StorageUnavailable(_short(exc)) from exc
+
+    def ping(self) -> bool:
+        """True when the database answers."""
+        try:
+            with self._read() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except (StorageUnavailable, DBAPIError):
+            return False
+
+    # devices
+
+    def device(self, device_id: str) -> DeviceRecord | None:
+        """One device, or None."""
+        with self._read() as conn:
+            row = conn.execute(select(t.devices).where(t.devices.c.device_id == device_id)).first()
+        return None if row is None else _device(row)
+
+    def devices(self, device_ids: Sequence[str] | None = None) -> list[DeviceRecord]:
+        """All devices (or these), by id."""
+        query = select(t.devices).order_by(t.devices.c.device_id)
+        if device_ids is not None:
+            query = query.where(t.devices.c.device_id.in_(list(device_ids)))
+        with self._read() as conn:
+            return [_device(r) for r in conn.execute(query)]
+
+    def devices_seen_before(self, cutoff: datetime) -> list[DeviceRecord]:
+        """Devices marked online whose last uplink is older than the cutoff."""
+        c = t.devices.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(t.devices).where(c.online.is_(True), c.last_seen < cutoff)
+            ).all()
+        return [_device(r) for r in rows]
+
+    # frames
+
+    def latest_frames(self, device_ids: Sequence[str] | None = None) -> dict[str, FrameRecord]:
+        """The newest frame of each device (by capture time)."""
+        f = t.frames.c
+        newest = (
+            select(f.device_id, func.max(f.first_received_at).label("at"))
+            .group_by(f.device_id)
+            .subquery()
+        )
+        query = select(*_FRAME_COLUMNS).join(
+            newest, and_(f.device_id == newest.c.device_id, f.first_received_at == newest.c.at)
+        )
+        if device_ids is not None:
+            query = query.where(f.device_id.in_(list(device_ids)))
+        with self._read() as conn:
+            return {r.device_id: _frame(r) for r in conn.execute(query)}
+
+    def hottest_devices(self, since: datetime | None, limit: int) -> list[tuple[str, float]]:
+        """Devices by their maximum frame temperature since a time, hottest first."""
+        f = t.frames.c
+        query = (
+            select(f.device_id, func.max(f.temp_max).label("hottest"))
+            .where(f.temp_max.is_not(None))
+            .group_by(f.device_id)
+            .order_by(func.max(f.temp_max).desc())
+            .limit(limit)
+        )
+        if since is not None:
+            query = query.where(f.first_received_at >= since)
+        with self._read() as conn:
+            return [(r.device_id, float(r.hottest)) for r in conn.execute(query)]
+
+    def frames(
+        self,
+        device_id: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[FrameRecord]:
+        """A device's frames, newest first, within an optional time range."""
+        f = t.frames.c
+        query = select(*_FRAME_COLUMNS).where(f.device_id == device_id)
+        if since is not None:
+            query = query.where(f.first_received_at >= since)
+        if until is not None:
+            query = query.where(f.first_received_at <= until)
+        query = query.order_by(f.first_received_at.desc(), f.frame_id.desc()).limit(limit)
+        with self._read() as conn:
+            return [_frame(r) for r in conn.execute(query)]
+
+    def frame(self, frame_id: int) -> FrameRecord | None:
+        """One frame's metadata."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(*_FRAME_COLUMNS).where(t.frames.c.frame_id == frame_id)
+            ).first()
+        return None if row is None else _frame(row)
+
+    def frame_grid(self, frame_id: int) -> bytes | None:
+        """A frame's packed grid (int16 big-endian °C/10, -2048 = no data)."""
+        with self._read() as conn:
+            value = conn.execute(
+                select(t.frames.c.grid).where(t.frames.c.frame_id == frame_id)
+            ).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    def frame_png(self, frame_id: int) -> bytes | None:
+        """A frame's stored heatmap PNG."""
+        with self._read() as conn:
+            value = conn.execute(
+                select(t.frames.c.png).where(t.frames.c.frame_id == frame_id)
+            ).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    def frame_count(self) -> int:
+        """How many frames are stored."""
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(t.frames)).scalar_one())
+
+    # ambient
+
+    def ambient_series(
+        self,
+        device_id: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 500,
+    ) -> list[AmbientRecord]:
+        """Ambient readings, oldest first, the newest `limit` of the range."""
+        c = t.ambient.c
+        query = select(c.device_id, c.at, c.temperature).where(c.device_id == device_id)
+        if since is not None:
+            query = query.where(c.at >= since)
+        if until is not None:
+            query = query.where(c.at <= until)
+        query = query.order_by(c.at.desc()).limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [AmbientRecord(r.device_id, r.at, r.temperature) for r in reversed(rows)]
+
+    def latest_ambient(self, device_id: str) -> AmbientRecord | None:
+        """The newest ambient reading of a device."""
+        series = self.ambient_series(device_id, limit=1)
+        return series[-1] if series else None
+
+    # downlinks
+
+    def downlinks(self, device_id: str, limit: int = 50) -> list[DownlinkRecord]:
+        """A device's downlink requests with their histories, newest first."""
+        c = t.downlinks.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(t.downlinks)
+                .where(c.device_id == device_id)
+                .order_by(c.downlink_id.desc())
+                .limit(limit)
+            ).all()
+            ids = [r.downlink_id for r in rows]
+            steps: dict[int, list[DownlinkStep]] = {i: [] for i in ids}
+            if ids:
+                h = t.downlink_history.c
+                for s in conn.execute(
+                    select(t.downlink_history).where(h.downlink_id.in_(ids)).order_by(h.id)
+                ):
+                    steps[s.downlink_id].append(DownlinkStep(s.status, s.at, s.message))
+        return [_downlink(r, steps[r.downlink_id]) for r in rows]
+
+    def downlink(self, downlink_id: int) -> DownlinkRecord | None:
+        """One downlink request."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(t.downlinks).where(t.downlinks.c.downlink_id == downlink_id)
+            ).first()
+        return None if row is None else _downlink(row)
+
+    def unpublished_downlinks(self) -> list[DownlinkRecord]:
+        """Pending downlinks not yet handed to the broker (the outbox), oldest first."""
+        c = t.downlinks.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(t.downlinks)
+                .where(c.published_at.is_(None), c.status.in_(PENDING_STATUSES))
+                .order_by(c.downlink_id)
+            ).all()
+        return [_downlink(r) for r in rows]
+
+    # alarms
+
+    def alarms(
+        self, active: bool | None = None, device_id: str | None = None, limit: int = 200
+    ) -> list[AlarmRecord]:
+        """Alarms, newest first."""
+        c = t.alarms.c
+        query = select(t.alarms)
+        if active is not None:
+            query = query.where(c.active.is_(active))
+        if device_id is not None:
+            query = query.where(c.device_id == device_id)
+        query = query.order_by(c.opened_at.desc(), c.alarm_id.desc()).limit(limit)
+        with self._read() as conn:
+            return [_alarm(r) for r in conn.execute(query)]
+
+    # open fragments
+
+    def open_fragments(self) -> list[StoredFragment]:
+        """Every persisted fragment of the open frames, in arrival order."""
+        c = t.open_fragments.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(c.device_id, c.payload, c.received_at, c.opened_at).order_by(c.id)
+            ).all()
+        return [
+            StoredFragment(r.device_id, bytes(r.payload), r.received_at, r.opened_at) for r in rows
+        ]
+
+    # housekeeping
+
+    def latest_uplink_at(self) -> datetime | None:
+        """The network time of the newest logged uplink, if any."""
+        c = t.uplinks.c
+        with self._read() as conn:
+            return conn.execute(select(func.max(c.received_at))).scalar()
+
+    def prune_uplinks(self, before: datetime) -> int:
+        """Delete uplink log entries older than the retention cut-off."""
+        with self.transaction() as tx:
+            result = tx.conn.execute(delete(t.uplinks).where(t.uplinks.c.received_at < before))
+        return int(result.rowcount or 0)
+
+    def uplink_count(self, device_id: str | None = None) -> int:
+        """How many uplinks the log holds."""
+        query = select(func.count()).select_from(t.uplinks)
+        if device_id is not None:
+            query = query.where(t.uplinks.c.device_id == device_id)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", exc) or exc)
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+__all__ = [
+    "FINAL_STATUSES",
+    "PENDING_STATUSES",
+    "AlarmRecord",
+    "AmbientRecord",
+    "DeviceRecord",
+    "DownlinkRecord",
+    "DownlinkStep",
+    "FrameRecord",
+    "StorageUnavailable",
+    "Store",
+    "StoredFragment",
+    "Tx",
+    "make_engine",
+]
