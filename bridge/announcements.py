@@ -1,0 +1,135 @@
+"""The JSON shapes of DESIGN.md's push events (and the REST views built from the same records)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bridge.ttn import format_time
+from db.store import AlarmRecord, AmbientRecord, DeviceRecord, DownlinkRecord, FrameRecord
+
+# announce(event, payload, device_id): hand one push event to Socket.IO (or the message queue).
+Announce = Callable[[str, dict[str, Any], str], None]
+
+DEFAULT_THRESHOLD_C = 50
+
+
+def one_decimal(value: float | None) -> float | None:
+    """Temperatures go out as numbers with one decimal."""
+    return None if value is None else round(float(value), 1)
+
+
+def on_off(value: bool | None) -> str | None:
+    """True/False/None -> "on"/"off"/None."""
+    return None if value is None else ("on" if value else "off")
+
+
+def effective_threshold(device: DeviceRecord) -> int:
+    """The threshold in force: reported by the node, else requested, else the default."""
+    if device.reported_threshold is not None:
+        return device.reported_threshold
+    if device.desired_threshold is not None:
+        return device.desired_threshold
+    return DEFAULT_THRESHOLD_C
+
+
+def node_state(device: DeviceRecord, pending: DownlinkRecord | None) -> dict[str, Any]:
+    """The `node_state` event."""
+    fan_requested = device.desired_fan if device.desired_fan is not None else device.reported_fan
+    return {
+        "device_id": device.device_id,
+        "online": device.online,
+        "last_seen": format_time(device.last_seen) if device.last_seen else None,
+        "fan": on_off(device.fan_running),
+        "fan_requested": on_off(fan_requested),
+        "mode": device.reported_mode or device.desired_mode,
+        "threshold": effective_threshold(device),
+        "desired": {
+            "fan": on_off(device.desired_fan),
+            "mode": device.desired_mode,
+            "threshold": device.desired_threshold,
+        },
+        "pending_downlink": pending.downlink_id if pending else None,
+        "uplinks": device.uplinks,
+        "lost_uplinks": device.lost_uplinks,
+        "invalid_uplinks": device.invalid_uplinks,
+    }
+
+
+def ambient(record: AmbientRecord) -> dict[str, Any]:
+    """The `ambient` event."""
+    return {
+        "device_id": record.device_id,
+        "temperature": one_decimal(record.temperature),
+        "at": format_time(record.at),
+    }
+
+
+def frame_meta(frame: FrameRecord) -> dict[str, Any]:
+    """Frame metadata as the REST API and the `frame` event share it."""
+    return {
+        "device_id": frame.device_id,
+        "frame_id": frame.frame_id,
+        "frame_number": frame.frame_number,
+        "mode": frame.mode,
+        "complete": frame.complete,
+        "coverage": round(frame.coverage, 4),
+        "captured_at": format_time(frame.first_received_at),
+        "last_received_at": format_time(frame.last_received_at),
+        "temp_min": one_decimal(frame.temp_min),
+        "temp_max": one_decimal(frame.temp_max),
+        "temp_mean": one_decimal(frame.temp_mean),
+        "ambient": one_decimal(frame.ambient),
+        "fan": on_off(frame.fan),
+        "rows": frame.grid_rows,
+        "cols": frame.grid_cols,
+    }
+
+
+def frame_event(frame: FrameRecord, png: bytes) -> dict[str, Any]:
+    """The `frame` event: metadata plus the PNG as a binary attachment."""
+    payload = frame_meta(frame)
+    payload["image"] = png
+    return payload
+
+
+def downlink(record: DownlinkRecord, status: str | None = None, at: Any = None) -> dict[str, Any]:
+    """The `downlink` event."""
+    return {
+        "device_id": record.device_id,
+        "downlink_id": record.downlink_id,
+        "status": status or record.status,
+        "settings": {
+            "fan": on_off(record.fan),
+            "mode": record.mode,
+            "threshold": record.threshold,
+        },
+        "at": format_time(at or record.updated_at),
+        "message": record.message,
+    }
+
+
+def downlink_view(record: DownlinkRecord) -> dict[str, Any]:
+    """A downlink with its history, for `GET /api/devices/<id>/downlinks`."""
+    view = downlink(record)
+    view["requested_at"] = format_time(record.requested_at)
+    view["correlation_id"] = record.correlation_id
+    view["history"] = [
+        {"status": s.status, "at": format_time(s.at), "message": s.message} for s in record.history
+    ]
+    return view
+
+
+def alarm(record: AlarmRecord) -> dict[str, Any]:
+    """The `alarm` event."""
+    return {
+        "device_id": record.device_id,
+        "alarm_id": record.alarm_id,
+        "kind": record.kind,
+        "value": one_decimal(record.value),
+        "limit": one_decimal(record.limit_value),
+        "at": format_time(record.closed_at or record.opened_at),
+        "opened_at": format_time(record.opened_at),
+        "closed_at": format_time(record.closed_at) if record.closed_at else None,
+        "active": record.active,
+    }

@@ -1,0 +1,571 @@
+"""The bridge: TTN messages in; frames, readings, states and downlink progress stored and pushed.
+
+`Bridge.handle_message(body)` is what the MQTT adapter calls for every message. It returns once
+everything the message caused is committed (then the adapter acknowledges it to the broker), or
+raises StorageUnavailable (then the adapter keeps the message and retries). Bad input is counted,
+logged once and skipped: it never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from bridge import announcements as ann
+from bridge.backfill import Backfiller
+from bridge.config import Config
+from bridge.downlinks import Downlinks, Publish
+from bridge.reassembly import (
+    DuplicateFragment,
+    Event,
+    FragmentAccepted,
+    Frame,
+    FrameCompleted,
+    FramePartial,
+    FrameUpdated,
+    Reassembler,
+)
+from bridge.ttn import (
+    DownlinkEvent,
+    IgnoredMessage,
+    TTNMessageError,
+    Uplink,
+    format_time,
+    parse_message,
+)
+from db.gridpack import pack_grid
+from db.store import DeviceRecord, FrameRecord, StorageUnavailable, Store, Tx
+from imaging.heatmap import grid_stats, render_heatmap
+from node_firmware.protocol import (
+    Fragment,
+    Mode,
+    NodeStatus,
+    ProtocolError,
+    decode_fragment,
+    decode_uplink,
+    encode_fragment,
+)
+
+log = logging.getLogger(__name__)
+
+AMBIENT_MIN_INTERVAL_S = 60.0  # store an unchanged ambient reading at most once a minute
+PAYLOAD_LOG_BYTES = 24  # bad payloads are logged truncated
+INTEGRITY_RETRIES = 3
+
+Announcement = tuple[str, dict[str, Any], str]
+
+
+@dataclass
+class _AmbientSeen:
+    temperature: int
+    at: datetime
+
+
+def _truncate(data: bytes | str) -> str:
+    text = data[:200].decode("utf-8", "replace") if isinstance(data, bytes) else data[:200]
+    return text + ("…" if len(data) > 200 else "")
+
+
+class Bridge:
+    """Stores and announces what the nodes send; follows downlinks."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        announce: ann.Announce,
+        publish: Publish | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.announce = announce
+        self.publish = publish
+        self.downlinks = Downlinks(config, store, announce)
+        self.metrics: Counter[str] = Counter()
+        self._reassembler: Reassembler | None = None
+        self._ambient: dict[str, _AmbientSeen] = {}
+        self._lock = threading.RLock()
+        self._last_prune: datetime | None = None
+        self.backfiller: Backfiller | None = None
+
+    # --- start-up -------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Rebuild the open frames from the fragments persisted in the database."""
+        stored = self.store.open_fragments()
+        entries = []
+        for item in stored:
+            try:
+                fragment = decode_fragment(item.payload)
+                entries.append((item.device_id, fragment, item.received_at, item.opened_at))
+            except ProtocolError:  # cannot happen for what we stored; never block start-up
+                log.exception("skipping an unreadable stored fragment of %s", item.device_id)
+        self._reassembler = Reassembler.restore(
+            entries, frame_timeout_s=self.config.frame_timeout_s
+        )
+        self._ambient.clear()
+        if entries:
+            log.info(
+                "resumed %d open frame(s) from %d stored fragment(s)",
+                len(self._reassembler.open_frames()),
+                len(entries),
+            )
+
+    @property
+    def reassembler(self) -> Reassembler:
+        """The reassembly state, restored from storage on first use and after a failure."""
+        if self._reassembler is None:
+            self.restore()
+        assert self._reassembler is not None
+        return self._reassembler
+
+    # --- messages -------------------------------------------------------------------------
+
+    def handle_message(self, body: bytes) -> None:
+        """Process one MQTT message body. Raises StorageUnavailable only."""
+        try:
+            message = parse_message(body)
+        except TTNMessageError as exc:
+            self.metrics["invalid_messages"] += 1
+            log.warning(
+                "skipping a message that is not a usable TTN message: %s; body %r",
+                exc,
+                _truncate(body),
+            )
+            return
+        if isinstance(message, IgnoredMessage):
+            self.metrics["ignored_messages"] += 1
+            log.debug("ignoring %s message of %s", message.kind, message.device_id)
+            return
+        for attempt in range(INTEGRITY_RETRIES):
+            try:
+                with self._lock:
+                    announcements = self._apply(message)
+                break
+            except StorageUnavailable:
+                self._reassembler = None  # the database is the truth: rebuild after the outage
+                raise
+            except IntegrityError:
+                # Another writer (a second bridge) stored the same thing a moment ago.
+                self._reassembler = None
+                log.info("concurrent write detected; retrying (%d)", attempt + 1)
+        else:
+            self.metrics["failed_messages"] += 1
+            log.error("giving up on a message after %d conflicts", INTEGRITY_RETRIES)
+            return
+        for event, payload, device_id in announcements:
+            self.announce(event, payload, device_id)
+
+    def _apply(self, message: Uplink | DownlinkEvent) -> list[Announcement]:
+        if isinstance(message, DownlinkEvent):
+            self.metrics["downlink_events"] += 1
+            with self.store.transaction() as tx:
+                return self.downlinks.apply_event(tx, message)
+        return self._apply_uplink(message)
+
+    def _apply_uplink(self, up: Uplink) -> list[Announcement]:
+        decoded: Fragment | NodeStatus | None = None
+        error: str | None = None
+        try:
+            decoded = decode_uplink(up.f_port, up.payload)
+        except ProtocolError as exc:
+            error = str(exc)
+        out: list[Announcement] = []
+        reassembler = self.reassembler
+        try:
+            with self.store.transaction() as tx:
+                duplicate = tx.uplink_seen(up.uplink_id)
+                device = tx.device_for_update(up.device_id, up.received_at)
+                changes: dict[str, Any] = {}
+                if not duplicate:
+                    self._log_uplink(tx, up, error)
+                    changes.update(self._count_uplink(device, up, error))
+                if isinstance(decoded, Fragment):
+                    out += self._apply_fragment(tx, device, up, decoded, duplicate, changes)
+                elif isinstance(decoded, NodeStatus) and not duplicate:
+                    out += self._apply_status(tx, up, decoded, changes)
+                if changes.get("online"):
+                    out += self._set_alarm(
+                        tx,
+                        up.device_id,
+                        "offline",
+                        False,
+                        None,
+                        self.config.offline_after_s,
+                        up.received_at,
+                    )
+                if changes:
+                    tx.update_device(up.device_id, **changes)
+                    device = tx.device_for_update(up.device_id, up.received_at)
+                    if _state_changed(changes):
+                        pending = tx.pending_downlinks(up.device_id)
+                        out.append(
+                            (
+                                "node_state",
+                                ann.node_state(device, pending[-1] if pending else None),
+                                up.device_id,
+                            )
+                        )
+        except BaseException:
+            if reassembler is self._reassembler:
+                self._reassembler = None
+            raise
+        if duplicate:
+            self.metrics["duplicate_uplinks"] += 1
+        else:
+            self.metrics["uplinks"] += 1
+        if error is not None and not duplicate:
+            self.metrics["invalid_payloads"] += 1
+            log.warning(
+                "invalid payload from %s f_cnt %d port %d: %s; payload %s",
+                up.device_id,
+                up.f_cnt,
+                up.f_port,
+                error,
+                up.payload[:PAYLOAD_LOG_BYTES].hex(),
+            )
+        return out
+
+    def _log_uplink(self, tx: Tx, up: Uplink, error: str | None) -> None:
+        tx.record_uplink(
+            {
+                "uplink_key": up.uplink_id[:160],
+                "device_id": up.device_id,
+                "f_cnt": up.f_cnt,
+                "f_port": up.f_port,
+                "received_at": up.received_at,
+                "rssi": up.rssi,
+                "snr": up.snr,
+                "gateway_id": (up.gateway_id or None) and up.gateway_id[:64],
+                "data_rate": up.data_rate,
+                "payload": up.payload[:255],
+                "error": error[:255] if error else None,
+            }
+        )
+
+    def _count_uplink(self, device: DeviceRecord, up: Uplink, error: str | None) -> dict[str, Any]:
+        changes: dict[str, Any] = {"uplinks": device.uplinks + 1}
+        if error is not None:
+            changes["invalid_uplinks"] = device.invalid_uplinks + 1
+        if device.last_seen is None or up.received_at >= device.last_seen:
+            last = device.last_f_cnt
+            if last is not None and up.f_cnt > last + 1:
+                # DESIGN.md: on a QoS 0 stream, an f_cnt jump means uplinks we never got.
+                lost = up.f_cnt - last - 1
+                changes["lost_uplinks"] = device.lost_uplinks + lost
+                self.metrics["lost_uplinks"] += lost
+                if self.backfiller is not None and device.last_seen is not None:
+                    self.backfiller.request(device.last_seen, "f_cnt gap")
+                log.warning(
+                    "%s: f_cnt jumped %d -> %d: %d uplink(s) missing",
+                    up.device_id,
+                    last,
+                    up.f_cnt,
+                    lost,
+                )
+            changes["last_seen"] = up.received_at
+            changes["last_f_cnt"] = up.f_cnt
+        if not device.online:
+            changes["online"] = True
+        return changes
+
+    def _apply_fragment(
+        self,
+        tx: Tx,
+        device: DeviceRecord,
+        up: Uplink,
+        fragment: Fragment,
+        duplicate: bool,
+        changes: dict[str, Any],
+    ) -> list[Announcement]:
+        out: list[Announcement] = []
+        if duplicate and not self._is_open(up.device_id, fragment):
+            # A redelivered uplink of a frame already closed must not open a bogus new frame.
+            self.metrics["duplicate_fragments"] += 1
+            return out
+        events = self.reassembler.receive(up.device_id, fragment, up.received_at)
+        out += self._store_events(tx, device, events)
+        if not duplicate:
+            if device.fan_running != fragment.fan and (
+                device.last_seen is None or up.received_at >= device.last_seen
+            ):
+                changes["fan_running"] = fragment.fan
+            if fragment.ambient is not None:
+                out += self._store_ambient(tx, up.device_id, fragment.ambient, up.received_at)
+        return out
+
+    def _is_open(self, device_id: str, fragment: Fragment) -> bool:
+        return self.reassembler.is_open(device_id, fragment.mode, fragment.frame_number)
+
+    def _store_events(
+        self, tx: Tx, device: DeviceRecord | None, events: list[Event]
+    ) -> list[Announcement]:
+        out: list[Announcement] = []
+        for event in events:
+            if isinstance(event, FragmentAccepted):
+                f = event.fragment
+                tx.add_open_fragment(
+                    {
+                        "device_id": event.device_id,
+                        "mode": Mode(f.mode).label,
+                        "frame_number": f.frame_number,
+                        "fragment_index": f.index,
+                        "opened_at": event.opened_at,
+                        "received_at": event.received_at,
+                        "payload": encode_fragment(f),
+                    }
+                )
+            elif isinstance(event, DuplicateFragment):
+                self.metrics["duplicate_fragments"] += 1
+            elif isinstance(event, FrameCompleted | FramePartial | FrameUpdated):
+                frame = event.frame
+                if device is None or device.device_id != frame.device_id:
+                    device = tx.device_for_update(frame.device_id, frame.last_received_at)
+                out += self._store_frame(tx, device, frame)
+        return out
+
+    def _store_frame(self, tx: Tx, device: DeviceRecord, frame: Frame) -> list[Announcement]:
+        stats = grid_stats(frame.grid)
+        temp_min, temp_max, temp_mean = stats if stats else (None, None, None)
+        caption = f"{frame.device_id}  {format_time(frame.first_received_at)}"
+        if not frame.complete:
+            caption += f"  partial {round(frame.coverage * 100)}%"
+        png = render_heatmap(
+            frame.grid,
+            caption=caption,
+            colormap=self.config.colormap,
+            rotate=self.config.rotate,
+            flip_horizontal=self.config.flip_horizontal,
+            flip_vertical=self.config.flip_vertical,
+        )
+        rows = len(frame.grid)
+        cols = len(frame.grid[0]) if rows else 0
+        mask = 0
+        for index in frame.received:
+            mask |= 1 << index
+        values = {
+            "device_id": frame.device_id,
+            "mode": Mode(frame.mode).label,
+            "frame_number": frame.frame_number,
+            "opened_at": frame.opened_at,
+            "complete": frame.complete,
+            "coverage": frame.coverage,
+            "received_mask": mask,
+            "first_received_at": frame.first_received_at,
+            "last_received_at": frame.last_received_at,
+            "temp_min": temp_min,
+            "temp_max": temp_max,
+            "temp_mean": temp_mean,
+            "ambient": frame.ambient,
+            "fan": frame.fan,
+            "grid_rows": rows,
+            "grid_cols": cols,
+            "grid": pack_grid(frame.grid),
+            "png": png,
+        }
+        frame_id, changed = tx.upsert_frame(values)
+        tx.close_open_fragments(
+            frame.device_id, Mode(frame.mode).label, frame.frame_number, frame.opened_at
+        )
+        if not changed:
+            return []
+        self.metrics["frames_complete" if frame.complete else "frames_partial"] += 1
+        record = tx_frame_record(frame_id, values)
+        out: list[Announcement] = [("frame", ann.frame_event(record, png), frame.device_id)]
+        out += self._evaluate_frame_alarms(tx, device, temp_min, temp_max, frame.last_received_at)
+        return out
+
+    def _evaluate_frame_alarms(
+        self,
+        tx: Tx,
+        device: DeviceRecord,
+        temp_min: float | None,
+        temp_max: float | None,
+        at: datetime,
+    ) -> list[Announcement]:
+        if temp_max is None or temp_min is None:
+            return []
+        threshold = float(ann.effective_threshold(device))
+        spread = round(temp_max - temp_min, 1)
+        out: list[Announcement] = []
+        conditions = (
+            ("over_threshold", temp_max > threshold, temp_max, threshold),
+            (
+                "non_uniform",
+                spread > self.config.non_uniform_spread_c,
+                spread,
+                self.config.non_uniform_spread_c,
+            ),
+        )
+        for kind, active, value, limit in conditions:
+            out += self._set_alarm(tx, device.device_id, kind, active, value, limit, at)
+        return out
+
+    def _set_alarm(
+        self,
+        tx: Tx,
+        device_id: str,
+        kind: str,
+        active: bool,
+        value: float | None,
+        limit: float | None,
+        at: datetime,
+    ) -> list[Announcement]:
+        current = tx.active_alarm(device_id, kind)
+        if active and current is None:
+            record = tx.open_alarm(device_id, kind, value, limit, at)
+            log.warning("alarm %s opened for %s: %s (limit %s)", kind, device_id, value, limit)
+            return [("alarm", ann.alarm(record), device_id)]
+        if not active and current is not None:
+            record = tx.close_alarm(current, value, at)
+            log.info("alarm %s cleared for %s", kind, device_id)
+            return [("alarm", ann.alarm(record), device_id)]
+        return []
+
+    def _store_ambient(
+        self, tx: Tx, device_id: str, temperature: int, at: datetime
+    ) -> list[Announcement]:
+        seen = self._ambient.get(device_id)
+        if (
+            seen is not None
+            and seen.temperature == temperature
+            and (abs((at - seen.at).total_seconds()) < AMBIENT_MIN_INTERVAL_S)
+        ):
+            return []
+        if seen is not None and at < seen.at:
+            return []  # an old fragment arriving late: not the current reading
+        self._ambient[device_id] = _AmbientSeen(temperature, at)
+        if not tx.add_ambient(device_id, at, float(temperature)):
+            return []
+        return [
+            (
+                "ambient",
+                {"device_id": device_id, "temperature": float(temperature), "at": format_time(at)},
+                device_id,
+            )
+        ]
+
+    def _apply_status(
+        self, tx: Tx, up: Uplink, status: NodeStatus, changes: dict[str, Any]
+    ) -> list[Announcement]:
+        changes.update(
+            reported_fan=status.fan_requested,
+            fan_running=status.fan_running,
+            reported_mode=Mode(status.mode).label,
+            reported_threshold=status.threshold,
+            protocol_version=status.version,
+        )
+        out = self.downlinks.apply_status(tx, up.device_id, status, up.received_at)
+        if status.ambient is not None:
+            out += self._store_ambient(tx, up.device_id, status.ambient, up.received_at)
+        return out
+
+    def connected(self) -> None:
+        """The MQTT session (re)started: what was published meanwhile may be missing."""
+        if self.backfiller is None:
+            return
+        since = self.store.latest_uplink_at()
+        if since is not None:
+            self.backfiller.request(since, "reconnect")
+
+    # --- periodic work --------------------------------------------------------------------
+
+    def tick(self, now: datetime | None = None) -> None:
+        """Close timed-out frames, mark silent nodes offline, publish queued downlinks."""
+        now = now or datetime.now(UTC)
+        out: list[Announcement] = []
+        with self._lock:
+            reassembler = self.reassembler
+            events = reassembler.expire(now)
+            if events:
+                try:
+                    with self.store.transaction() as tx:
+                        out += self._store_events(tx, None, events)
+                except BaseException:
+                    self._reassembler = None
+                    raise
+            out += self._mark_offline(now)
+        for event, payload, device_id in out:
+            self.announce(event, payload, device_id)
+        if self.publish is not None:
+            self.downlinks.publish_outbox(self.publish)
+        if self.backfiller is not None:
+            self.backfiller.run_pending(now)
+        if self._last_prune is None or now - self._last_prune > timedelta(hours=1):
+            self._last_prune = now
+            pruned = self.store.prune_uplinks(
+                now - timedelta(days=self.config.uplink_retention_days)
+            )
+            if pruned:
+                log.info("pruned %d uplink log entries past retention", pruned)
+
+    def _mark_offline(self, now: datetime) -> list[Announcement]:
+        cutoff = now - timedelta(seconds=self.config.offline_after_s)
+        out: list[Announcement] = []
+        for stale in self.store.devices_seen_before(cutoff):
+            with self.store.transaction() as tx:
+                device = tx.device_for_update(stale.device_id, now)
+                if not device.online or device.last_seen is None or device.last_seen >= cutoff:
+                    continue
+                tx.update_device(device.device_id, online=False)
+                device = tx.device_for_update(device.device_id, now)
+                pending = tx.pending_downlinks(device.device_id)
+                out.append(
+                    (
+                        "node_state",
+                        ann.node_state(device, pending[-1] if pending else None),
+                        device.device_id,
+                    )
+                )
+                silent_s = (now - stale.last_seen).total_seconds() if stale.last_seen else None
+                out += self._set_alarm(
+                    tx,
+                    device.device_id,
+                    "offline",
+                    True,
+                    silent_s,
+                    self.config.offline_after_s,
+                    now,
+                )
+                log.warning("%s went offline (silent for %.0f s)", device.device_id, silent_s or 0)
+        return out
+
+    def publish_now(self) -> None:
+        """Publish the downlink outbox at once (after a request in the same process)."""
+        if self.publish is not None:
+            try:
+                self.downlinks.publish_outbox(self.publish)
+            except StorageUnavailable:
+                log.warning("database unavailable; the downlink will be published later")
+
+
+def _state_changed(changes: dict[str, Any]) -> bool:
+    keys = {"online", "fan_running", "reported_fan", "reported_mode", "reported_threshold"}
+    return bool(keys & changes.keys())
+
+
+def tx_frame_record(frame_id: int, values: dict[str, Any]) -> FrameRecord:
+    """A FrameRecord from the values just written."""
+    return FrameRecord(
+        frame_id=frame_id,
+        device_id=values["device_id"],
+        mode=values["mode"],
+        frame_number=values["frame_number"],
+        complete=values["complete"],
+        coverage=values["coverage"],
+        first_received_at=values["first_received_at"],
+        last_received_at=values["last_received_at"],
+        temp_min=values["temp_min"],
+        temp_max=values["temp_max"],
+        temp_mean=values["temp_mean"],
+        ambient=values["ambient"],
+        fan=values["fan"],
+        grid_rows=values["grid_rows"],
+        grid_cols=values["grid_cols"],
+    )
