@@ -1,0 +1,188 @@
+"""The push server as operators run it: gunicorn's eventlet worker, gunicorn's gthread worker
+(threading mode), and a separate bridge process pushing through the Redis message queue.
+Each run: a real Socket.IO client over websocket, uplinks published to real Mosquitto, the frame
+arriving at the client, and a settings change reaching the broker as a down/replace."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import socketio as sio_client
+
+from node_firmware.protocol import Mode, NodeStatus, encode_fragment, encode_status, fragment_frame
+from tests.bridge.harness import Publisher
+from tests.ttn_messages import APP_ID, TENANT, topic, uplink
+from tests.webapp.fixtures import scene
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env_for(broker: Any, db_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THERMAL_")}
+    env.update(
+        THERMAL_MQTT_HOST=broker.host,
+        THERMAL_MQTT_PORT=str(broker.port),
+        THERMAL_MQTT_APP_ID=APP_ID,
+        THERMAL_MQTT_TENANT=TENANT,
+        THERMAL_MQTT_CLIENT_ID=f"server-test-{free_port()}",
+        THERMAL_DATABASE_URL=db_url,
+        PYTHONPATH=str(ROOT),
+        **extra,
+    )
+    return env
+
+
+class Server:
+    """A subprocess serving HTTP on a port, stopped at the end."""
+
+    def __init__(self, args: list[str], env: dict[str, str], port: int | None, log: Path) -> None:
+        self.port = port
+        self.log = log
+        self.proc = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self) -> None:
+        deadline = threading.Event()
+        for _ in range(int(WAIT_S * 10)):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/api/health", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            deadline.wait(0.1)
+        raise AssertionError(f"server not ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def gunicorn(worker: str, port: int) -> list[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-w",
+        "1",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "5",
+        "--timeout",
+        "60",
+    ]
+    if worker == "eventlet":
+        args += ["-k", "eventlet"]
+    else:
+        args += ["-k", "gthread", "--threads", "50"]
+    return [*args, "webapp:create_app()"]
+
+
+def watch_frames(port: int) -> tuple[Any, list[dict[str, Any]], threading.Event]:
+    client = sio_client.Client(reconnection=False)
+    frames: list[dict[str, Any]] = []
+    got = threading.Event()
+
+    @client.on("frame")
+    def _frame(data: dict[str, Any]) -> None:
+        frames.append(data)
+        got.set()
+
+    client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=20)
+    ack = client.call("subscribe", {"devices": ["srv1"]}, timeout=20)
+    assert ack == {"subscribed": ["srv1"]}
+    return client, frames, got
+
+
+def publish_frame_and_settings(broker: Any, port: int) -> None:
+    client, frames, got = watch_frames(port)
+    pub = Publisher(broker.host, broker.port)
+    pub.subscribe(f"v3/{APP_ID}@{TENANT}/devices/srv1/down/replace")
+    now = datetime.now(UTC)  # live timestamps: the server's ticker closes stale frames
+    try:
+        status = encode_status(NodeStatus(1, False, False, Mode.SLOW, 50, 21))
+        pub.publish(topic("srv1"), uplink("srv1", 0, status, now, f_port=2))
+        for i, f in enumerate(fragment_frame(scene(1, 44.4), Mode.FAST, 1, fan=False, ambient=21)):
+            pub.publish(
+                topic("srv1"),
+                uplink("srv1", i + 1, encode_fragment(f), now + timedelta(seconds=i + 1)),
+            )
+        assert got.wait(WAIT_S), "no frame reached the Socket.IO client"
+        assert frames[0]["temp_max"] == 44.4 and frames[0]["image"].startswith(b"\x89PNG")
+        response = requests.post(
+            f"http://127.0.0.1:{port}/api/devices/srv1/settings", json={"fan": "on"}, timeout=20
+        )
+        assert response.status_code == 202, response.text
+        received = pub.wait_received(1, timeout=WAIT_S)
+        assert received[0][0].endswith("/srv1/down/replace")
+    finally:
+        pub.close()
+        client.disconnect()
+
+
+@pytest.fixture
+def db_url(mysql_url: str) -> str:
+    return mysql_url
+
+
+@pytest.mark.parametrize("worker", ["eventlet", "gthread"])
+def test_gunicorn_worker_serves_bridge_and_push(
+    worker: str, mqtt_broker: Any, db_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = env_for(mqtt_broker, db_url)
+    server = Server(gunicorn(worker, port), env, port, tmp_path / f"{worker}.log")
+    try:
+        server.wait_ready()
+        publish_frame_and_settings(mqtt_broker, port)
+    finally:
+        server.stop()
+    log = (tmp_path / f"{worker}.log").read_text()
+    expected = "eventlet" if worker == "eventlet" else "threading"
+    assert f"async mode {expected}" in log or "Traceback" not in log
+
+
+def test_separate_bridge_process_pushes_through_redis(
+    mqtt_broker: Any, db_url: str, redis_server: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = env_for(mqtt_broker, db_url, THERMAL_MESSAGE_QUEUE=redis_server.url)
+    web = Server(
+        gunicorn("eventlet", port),
+        {**env, "THERMAL_RUN_BRIDGE": "false"},
+        port,
+        tmp_path / "web.log",
+    )
+    bridge = Server([sys.executable, "-m", "bridge"], env, None, tmp_path / "bridge.log")
+    try:
+        web.wait_ready()
+        health = requests.get(f"http://127.0.0.1:{port}/api/health", timeout=5).json()
+        assert health["mqtt"] == "not running in this process"
+        publish_frame_and_settings(mqtt_broker, port)
+    finally:
+        bridge.stop()
+        web.stop()

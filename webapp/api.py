@@ -1,0 +1,466 @@
+"""REST API (DESIGN.md "REST"): JSON in and out; every error is `{"error": "..."}` with a 4xx/5xx."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from bridge import announcements as ann
+from bridge.config import Config
+from bridge.downlinks import RateLimited
+from bridge.ttn import format_time, parse_time
+from db.gridpack import unpack_grid
+from db.store import PENDING_STATUSES, DeviceRecord, StorageUnavailable, Store
+from imaging.heatmap import histogram
+from webapp.auth import bearer, can_read, can_write
+from webapp.settings import SettingsError, parse_settings_request, settings_to_json
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__)
+
+MAX_LIMIT = 1000
+MAX_BINS = 200
+INTERVALS = {
+    "past_minute": timedelta(minutes=1),
+    "past_hour": timedelta(hours=1),
+    "past_day": timedelta(days=1),
+    "past_week": timedelta(days=7),
+    "all_time": None,
+}
+
+
+class ApiError(Exception):
+    """An error answered as `{"error": message}` with a status code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str) -> Response:
+    """The one shape of every API error."""
+    response = jsonify({"error": message})
+    response.status_code = status
+    return response
+
+
+def fail(status: int, message: str) -> NoReturn:
+    """Abort the request with an API error."""
+    raise ApiError(status, message)
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> Response:
+    return error_response(exc.status, exc.message)
+
+
+@bp.errorhandler(StorageUnavailable)
+def _storage_down(exc: StorageUnavailable) -> Response:
+    return error_response(503, "the database is unavailable; try again shortly")
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response | HTTPException:
+    if request.path.startswith("/api/") or request.path == "/request":
+        messages = {
+            404: "no such route",
+            405: f"method {request.method} is not allowed here",
+            413: f"the body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes",
+        }
+        return error_response(exc.code or 500, messages.get(exc.code or 0, exc.description or ""))
+    return exc
+
+
+@bp.app_errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)  # type: ignore[return-value]
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return error_response(500, "internal error; it has been logged")
+
+
+def security_headers(response: Response) -> Response:
+    """Security headers and a CSP that needs no inline script (DESIGN.md, SECURITY.md)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+        "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    )
+    return response
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _config() -> Config:
+    return current_app.config["THERMAL"]
+
+
+def _store() -> Store:
+    return current_app.extensions["thermal"].store
+
+
+def _token() -> str | None:
+    return bearer(request.headers.get("Authorization"))
+
+
+@bp.before_request
+def _check_read_access() -> None:
+    if request.method in ("GET", "HEAD") and not can_read(_config(), _token()):
+        fail(401, "reading needs a bearer token (Authorization: Bearer <token>)")
+
+
+def _require_write() -> None:
+    config = _config()
+    if not config.api_tokens:
+        return
+    token = _token()
+    if token is None:
+        fail(401, "this change needs a bearer token (Authorization: Bearer <token>)")
+    if not can_write(config, token):
+        fail(403, "the bearer token is not allowed to change settings")
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        fail(400, f"{name} must be an integer from {low} to {high}, got {raw!r}")
+    if not low <= value <= high:
+        fail(400, f"{name} must be from {low} to {high}, got {value}")
+    return value
+
+
+def _time_arg(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return parse_time(raw)
+    except ValueError:
+        fail(400, f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z, got {raw!r}")
+
+
+def _device_or_404(device_id: str) -> DeviceRecord:
+    device = _store().device(device_id)
+    if device is None:
+        fail(404, f"unknown device {device_id!r}")
+    return device
+
+
+def device_view(store: Store, device: DeviceRecord, frame: Any, alarms: list[Any]) -> dict:
+    """A device with its latest state, frame, ambient reading and active alarms."""
+    pending = [
+        d for d in store.downlinks(device.device_id, limit=5) if d.status in PENDING_STATUSES
+    ]
+    view = ann.node_state(device, pending[0] if pending else None)
+    reading = store.latest_ambient(device.device_id)
+    view["latest_frame"] = ann.frame_meta(frame) if frame is not None else None
+    view["ambient"] = (
+        {"temperature": ann.one_decimal(reading.temperature), "at": format_time(reading.at)}
+        if reading
+        else None
+    )
+    view["alarms"] = [ann.alarm(a) for a in alarms if a.device_id == device.device_id]
+    return view
+
+
+def _csv_response(rows: list[list[Any]], filename: str) -> Response:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return Response(
+        buffer.getvalue(),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+@bp.get("/api/health")
+def health() -> tuple[Response, int]:
+    """Database and MQTT state; 503 when the database is unreachable."""
+    database_ok = _store().ping()
+    body = {
+        "status": "ok" if database_ok else "degraded",
+        "database": "ok" if database_ok else "unreachable",
+        "mqtt": current_app.extensions["thermal"].mqtt_state(),
+    }
+    return jsonify(body), 200 if database_ok else 503
+
+
+@bp.get("/api/devices")
+def list_devices() -> Response:
+    """Every device with its latest state; ?order=temp_max&limit=N&interval=... for the hottest."""
+    store = _store()
+    order = request.args.get("order", "device_id")
+    if order not in ("device_id", "temp_max", "last_seen"):
+        fail(400, f"order must be device_id, temp_max or last_seen, got {order!r}")
+    limit = _int_arg("limit", MAX_LIMIT, 1, MAX_LIMIT)
+    interval = request.args.get("interval", "all_time")
+    if interval not in INTERVALS:
+        fail(400, f"interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
+    alarms = store.alarms(active=True, limit=MAX_LIMIT)
+    if order == "temp_max":
+        span = INTERVALS[interval]
+        since = datetime.now(UTC) - span if span else None
+        hottest = store.hottest_devices(since, limit)
+        devices = {d.device_id: d for d in store.devices([d for d, _ in hottest])}
+        frames = store.latest_frames(list(devices))
+        out = []
+        for device_id, temp in hottest:
+            view = device_view(store, devices[device_id], frames.get(device_id), alarms)
+            view["temp_max_in_interval"] = ann.one_decimal(temp)
+            out.append(view)
+        return jsonify({"devices": out, "interval": interval})
+    devices_list = store.devices()
+    if order == "last_seen":
+        devices_list.sort(
+            key=lambda d: d.last_seen or datetime.min.replace(tzinfo=UTC), reverse=True
+        )
+    frames = store.latest_frames()
+    views = [device_view(store, d, frames.get(d.device_id), alarms) for d in devices_list[:limit]]
+    return jsonify({"devices": views})
+
+
+@bp.get("/api/devices/<device_id>")
+def get_device(device_id: str) -> Response:
+    """One device; 404 if unknown."""
+    store = _store()
+    device = _device_or_404(device_id)
+    frame = store.latest_frames([device_id]).get(device_id)
+    return jsonify(
+        device_view(store, device, frame, store.alarms(active=True, device_id=device_id))
+    )
+
+
+@bp.get("/api/devices/<device_id>/frames")
+def device_frames(device_id: str) -> Response:
+    """Frame metadata, newest first; since, until, limit."""
+    _device_or_404(device_id)
+    since, until = _time_arg("since"), _time_arg("until")
+    limit = _int_arg("limit", 100, 1, MAX_LIMIT)
+    frames = _store().frames(device_id, since, until, limit)
+    return jsonify({"device_id": device_id, "frames": [ann.frame_meta(f) for f in frames]})
+
+
+def _frame_or_404(frame_id: int) -> Any:
+    frame = _store().frame(frame_id)
+    if frame is None:
+        fail(404, f"unknown frame {frame_id}")
+    return frame
+
+
+def _grid(frame: Any) -> Any:
+    data = _store().frame_grid(frame.frame_id)
+    if data is None:
+        fail(404, f"unknown frame {frame.frame_id}")
+    return unpack_grid(data, frame.grid_rows, frame.grid_cols)
+
+
+@bp.get("/api/frames/<int:frame_id>")
+def get_frame(frame_id: int) -> Response:
+    """Metadata and the temperature grid (null for no-data pixels)."""
+    frame = _frame_or_404(frame_id)
+    body = ann.frame_meta(frame)
+    body["grid"] = [list(row) for row in _grid(frame)]
+    return jsonify(body)
+
+
+@bp.get("/api/frames/<int:frame_id>.png")
+def frame_png(frame_id: int) -> Response:
+    """The stored heatmap."""
+    png = _store().frame_png(frame_id)
+    if png is None:
+        fail(404, f"unknown frame {frame_id}")
+    response = Response(png, mimetype="image/png")
+    response.headers["Cache-Control"] = "public, max-age=86400, immutable"
+    return response
+
+
+@bp.get("/api/frames/<int:frame_id>.csv")
+def frame_csv(frame_id: int) -> Response:
+    """The temperature grid as CSV (one row per sensor row; empty = no data)."""
+    frame = _frame_or_404(frame_id)
+    rows = [[_num(v) for v in row] for row in _grid(frame)]
+    return _csv_response(rows, f"frame-{frame_id}.csv")
+
+
+@bp.get("/api/frames/<int:frame_id>/histogram")
+def frame_histogram(frame_id: int) -> Response:
+    """Pixel temperature histogram; ?bins= (default 20)."""
+    frame = _frame_or_404(frame_id)
+    bins = _int_arg("bins", 20, 1, MAX_BINS)
+    return jsonify({"frame_id": frame_id, "bins": histogram(_grid(frame), bins)})
+
+
+@bp.get("/api/devices/<device_id>/frames.csv")
+def device_frames_csv(device_id: str) -> Response:
+    """One row per frame: time, mode, complete, min, max, mean, ambient, fan."""
+    _device_or_404(device_id)
+    since, until = _time_arg("since"), _time_arg("until")
+    limit = _int_arg("limit", MAX_LIMIT, 1, 100_000)
+    rows: list[list[Any]] = [
+        [
+            "captured_at",
+            "mode",
+            "complete",
+            "coverage",
+            "temp_min",
+            "temp_max",
+            "temp_mean",
+            "ambient",
+            "fan",
+            "frame_id",
+        ]
+    ]
+    for f in _store().frames(device_id, since, until, limit):
+        rows.append(
+            [
+                format_time(f.first_received_at),
+                f.mode,
+                "true" if f.complete else "false",
+                f"{f.coverage:.3f}",
+                _num(f.temp_min),
+                _num(f.temp_max),
+                _num(f.temp_mean),
+                _num(f.ambient),
+                "on" if f.fan else "off",
+                f.frame_id,
+            ]
+        )
+    return _csv_response(rows, f"{device_id}-frames.csv")
+
+
+@bp.get("/api/devices/<device_id>/ambient")
+def device_ambient(device_id: str) -> Response:
+    """Ambient temperature series, oldest first."""
+    _device_or_404(device_id)
+    since, until = _time_arg("since"), _time_arg("until")
+    limit = _int_arg("limit", 500, 1, 10_000)
+    series = _store().ambient_series(device_id, since, until, limit)
+    return jsonify(
+        {
+            "device_id": device_id,
+            "ambient": [
+                {"temperature": ann.one_decimal(r.temperature), "at": format_time(r.at)}
+                for r in series
+            ],
+        }
+    )
+
+
+def _json_body() -> Any:
+    if not request.is_json:
+        fail(415, "send the body as JSON with Content-Type: application/json")
+    body = request.get_json(silent=True)
+    if body is None:
+        fail(400, "the body is not valid JSON")
+    return body
+
+
+@bp.post("/api/devices/<device_id>/settings")
+def post_settings(device_id: str) -> tuple[Response, int]:
+    """Queue a settings downlink: 202 with the downlink, 200 when nothing would change."""
+    _require_write()
+    body = _json_body()
+    try:
+        change = parse_settings_request(body)
+    except SettingsError as exc:
+        fail(400, str(exc))
+    _device_or_404(device_id)
+    runtime = current_app.extensions["thermal"]
+    try:
+        outcome = runtime.downlinks.request(device_id, change, datetime.now(UTC))
+    except RateLimited as exc:
+        fail(429, str(exc))
+    if outcome.downlink is None:
+        return jsonify({"status": "unchanged", "settings": settings_to_json(outcome.settings)}), 200
+    runtime.after_settings_request()
+    return jsonify(
+        {
+            "status": "queued",
+            "settings": settings_to_json(outcome.settings),
+            "downlink": ann.downlink_view(outcome.downlink),
+        }
+    ), 202
+
+
+@bp.get("/api/devices/<device_id>/downlinks")
+def device_downlinks(device_id: str) -> Response:
+    """Downlink requests with their status history, newest first."""
+    _device_or_404(device_id)
+    limit = _int_arg("limit", 50, 1, MAX_LIMIT)
+    records = _store().downlinks(device_id, limit)
+    return jsonify({"device_id": device_id, "downlinks": [ann.downlink_view(r) for r in records]})
+
+
+@bp.get("/api/alarms")
+def list_alarms() -> Response:
+    """Alarms, newest first; ?active=true for the current ones."""
+    raw = request.args.get("active")
+    if raw not in (None, "true", "false"):
+        fail(400, f"active must be true or false, got {raw!r}")
+    active = None if raw is None else raw == "true"
+    device_id = request.args.get("device_id")
+    limit = _int_arg("limit", 200, 1, MAX_LIMIT)
+    records = _store().alarms(active=active, device_id=device_id, limit=limit)
+    return jsonify({"alarms": [ann.alarm(a) for a in records]})
+
+
+@bp.post("/request")
+def legacy_request() -> tuple[Response, int]:
+    """The original server's route: settings for the configured default node."""
+    config = _config()
+    if config.api_tokens and not can_write(config, _token()):
+        return jsonify({"success": False, "msg": "a valid bearer token is required"}), 401
+    body = request.get_json(silent=True)
+    if body is None:
+        return jsonify({"success": False, "msg": "send a JSON body with fan, mode, threshold"}), 400
+    device_id = config.default_device
+    if not device_id:
+        return jsonify(
+            {"success": False, "msg": "no default_device is configured on the server"}
+        ), 404
+    if _store().device(device_id) is None:
+        return jsonify({"success": False, "msg": f"unknown device {device_id!r}"}), 404
+    if isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k in ("fan", "mode", "threshold")}
+    try:
+        change = parse_settings_request(body)
+        runtime = current_app.extensions["thermal"]
+        outcome = runtime.downlinks.request(device_id, change, datetime.now(UTC))
+    except SettingsError as exc:
+        return jsonify({"success": False, "msg": str(exc)}), 400
+    except RateLimited as exc:
+        return jsonify({"success": False, "msg": str(exc)}), 429
+    if outcome.downlink is not None:
+        runtime.after_settings_request()
+    return jsonify({"success": True}), 200
+
+
+@bp.get("/api/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI document of these routes."""
+    from webapp.openapi import document
+
+    return jsonify(document())
