@@ -1,0 +1,41 @@
+# The two commands of the README:
+#   make demo   creates .venv, installs, runs the demo on http://127.0.0.1:3002
+#   make test   installs what the tests need and runs them all (what .ci/run calls)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml requirements.txt
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m webapp --demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict --follow-imports=silent node_firmware/protocol.py bridge/reassembly.py bridge/ttn.py \
+		imaging/heatmap.py webapp/settings.py bridge/config.py
+
+test: $(STAMP)
+	scripts/ensure-services.sh
+	$(MAKE) --no-print-directory lint
+	node --test tests/node_firmware/
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not browser"
+
+bench: $(STAMP)
+	$(BIN)/python bench/render.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,108 @@
+"""The demo's pieces end to end on real services: simulator → Mosquitto → bridge → MariaDB →
+Socket.IO client, and a settings change all the way to a simulated node and back as `applied`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from bridge.config import MqttConfig
+from node_firmware.simulator import Simulator
+from tests.ttn_messages import APP_ID, TENANT
+from tests.webapp.fixtures import make_config
+from webapp import create_app, socketio
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "") -> Any:
+    """Poll until true (a liveness bound, not a timing assertion)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture
+def system(mqtt_broker: Any, mysql_url: str) -> Iterator[tuple[Flask, Simulator]]:
+    config = make_config(mysql_url, frame_timeout_s=600).with_overrides(
+        mqtt=MqttConfig(
+            host=mqtt_broker.host,
+            port=mqtt_broker.port,
+            app_id=APP_ID,
+            tenant=TENANT,
+            client_id="e2e-bridge",
+        )
+    )
+    app = create_app(config, start_bridge=True)
+    app.config["TESTING"] = True
+    runtime = app.extensions["thermal"]
+    wait_for(runtime.mqtt.connected.is_set, what="the bridge to subscribe")
+    simulator = Simulator(
+        host=mqtt_broker.host,
+        port=mqtt_broker.port,
+        app_id=APP_ID,
+        tenant=TENANT,
+        nodes=2,
+        interval_s=0.05,
+        mode="fast",
+        seed=3,
+    )
+    simulator.start()
+    yield app, simulator
+    simulator.stop()
+    runtime.stop()
+    runtime.store.engine.dispose()
+
+
+def test_frames_flow_to_a_socket_client_and_settings_reach_the_node(
+    system: tuple[Flask, Simulator],
+) -> None:
+    app, simulator = system
+    client = socketio.test_client(app)
+    client.emit("subscribe", {"devices": "*"})
+    received: list[dict[str, Any]] = []
+
+    def frames_of(device: str) -> list[dict[str, Any]]:
+        received.extend(client.get_received())
+        return [
+            r["args"][0]
+            for r in received
+            if r["name"] == "frame" and r["args"][0]["device_id"] == device
+        ]
+
+    for device in ("node1", "node2"):
+        frame = wait_for(lambda d=device: frames_of(d), what=f"a frame of {device}")[0]
+        assert frame["mode"] == "fast" and frame["image"].startswith(b"\x89PNG")
+    store = app.extensions["thermal"].store
+    assert store.frame_count() >= 2
+
+    http = app.test_client()
+    answer = http.post("/api/devices/node1/settings", json={"fan": "on", "threshold": 45})
+    assert answer.status_code == 202, answer.get_json()
+
+    def statuses() -> list[str]:
+        received.extend(client.get_received())
+        return [
+            r["args"][0]["status"]
+            for r in received
+            if r["name"] == "downlink" and r["args"][0]["device_id"] == "node1"
+        ]
+
+    wait_for(lambda: "applied" in statuses(), what="the downlink to be applied")
+    seen = statuses()
+    assert seen[0] == "queued"
+    assert seen.index("sent") < seen.index("acked") < seen.index("applied")
+    node = simulator.nodes["node1"]
+    assert node.settings.fan is True and node.settings.threshold == 45
+    assert node.fan.running
+    device = app.test_client().get("/api/devices/node1").get_json()
+    assert device["fan_requested"] == "on" and device["threshold"] == 45
+    assert device["pending_downlink"] is None
