@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import hmac
 import json
 import logging
 import os
@@ -34,8 +35,10 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -412,6 +415,9 @@ class Simulator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.finished = threading.Event()  # set when a `start(rounds=...)` run is done
+        # What The Things Stack's Storage Integration would have kept of this network's
+        # uplinks (served over HTTP by StorageIntegrationServer).
+        self.storage = UplinkStorage()
 
     # --- what tests and callers look at ---------------------------------------------------
 
@@ -593,6 +599,7 @@ class Simulator:
                 self.published["lost"] += 1
                 return None
             body = self._uplink_json(device, port, payload, f_cnt, now)
+            self.storage.add(now, body)  # stored by the network, published or not
             # The Things Stack reports the ack (or nack) the uplink carries before the uplink.
             self._settle_in_flight(device, now)
             self._publish_uplink(device, body, duplicate=duplicate, reorder=reorder)
@@ -798,6 +805,192 @@ class Simulator:
         return downlinks
 
 
+# --- The Things Stack's Storage Integration ------------------------------------------------
+
+STORAGE_RETENTION_S = 24 * 3600.0  # the TTN sandbox keeps 24 h
+STORAGE_MAX_UPLINKS = 100_000
+STORAGE_DEFAULT_LIMIT = 1000
+STORAGE_MAX_LIMIT = 100_000
+
+
+class UplinkStorage:
+    """The uplinks the simulated network received, as the Storage Integration keeps them."""
+
+    def __init__(
+        self, retention_s: float = STORAGE_RETENTION_S, max_uplinks: int = STORAGE_MAX_UPLINKS
+    ) -> None:
+        self.retention_s = retention_s
+        self._uplinks: deque[tuple[datetime, str, bytes]] = deque(maxlen=max_uplinks)
+        self._lock = threading.Lock()
+
+    def add(self, received_at: datetime, body: bytes) -> None:
+        """Keep one uplink message body (TTN v3 JSON) received at `received_at`."""
+        device_id = json.loads(body)["end_device_ids"]["device_id"]
+        with self._lock:
+            self._uplinks.append((received_at, device_id, body))
+            cutoff = received_at - timedelta(seconds=self.retention_s)
+            while self._uplinks and self._uplinks[0][0] < cutoff:
+                self._uplinks.popleft()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._uplinks)
+
+    def query(
+        self,
+        after: datetime | None = None,
+        before: datetime | None = None,
+        limit: int = STORAGE_DEFAULT_LIMIT,
+        device_id: str | None = None,
+        f_port: int | None = None,
+    ) -> list[bytes]:
+        """Bodies received strictly after `after` (and before `before`), oldest first."""
+        with self._lock:
+            rows = sorted(self._uplinks, key=lambda row: row[0])
+        out = []
+        for at, device, body in rows:
+            if after is not None and at <= after:
+                continue
+            if before is not None and at >= before:
+                continue
+            if device_id is not None and device != device_id:
+                continue
+            if f_port is not None and json.loads(body)["uplink_message"].get("f_port") != f_port:
+                continue
+            out.append(body)
+            if len(out) >= limit:
+                break
+        return out
+
+
+class StorageQueryError(ValueError):
+    """A query parameter the Storage Integration would refuse."""
+
+
+def _storage_time(name: str, raw: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        raise StorageQueryError(f"{name} must be an RFC 3339 time, got {raw!r}") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+class StorageIntegrationServer:
+    """The Storage Integration's HTTP API on loopback, for the uplinks of one simulator:
+
+    GET /api/v3/as/applications/{app_id}/packages/storage/uplink_message?after=…&limit=…
+    GET /api/v3/as/applications/{app_id}/devices/{device_id}/packages/storage/uplink_message
+    Authorization: Bearer <API key>; Accept: text/event-stream
+    -> 200, Content-Type text/event-stream, one {"result": <uplink JSON>} per line; 401 with a
+    wrong or missing key; 400 on a bad `after` / `before` / `limit`; 404 for another application.
+    """
+
+    def __init__(
+        self,
+        storage: UplinkStorage,
+        app_id: str,
+        api_key: str | None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.storage = storage
+        self.app_id = app_id
+        self.api_key = api_key
+        self.requests: Counter[int] = Counter()  # answers by HTTP status
+        handler = type("Handler", (_StorageHandler,), {"owner": self})
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL to configure as `storage_integration.url`."""
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> StorageIntegrationServer:
+        """Serve in a background thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self.server.serve_forever, name="thermal-storage-integration", daemon=True
+            )
+            self._thread.start()
+            log.info("storage integration for %s on %s", self.app_id, self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._thread is not None:
+            self.server.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.server.server_close()
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether an Authorization header carries the API key (constant-time comparison)."""
+        if self.api_key is None:
+            return True
+        scheme, _, token = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self.api_key.encode()
+        )
+
+    def answer(self, path: str, query: dict[str, str], auth: str | None) -> tuple[int, bytes]:
+        """(status, body) of one GET."""
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        device_id: str | None = None
+        if parts[:4] != ["api", "v3", "as", "applications"] or parts[-3:] != [
+            "packages",
+            "storage",
+            "uplink_message",
+        ]:
+            return 404, _storage_error(5, "no such route")
+        middle = parts[4:-3]
+        if len(middle) == 3 and middle[1] == "devices":
+            device_id = middle[2]
+        elif len(middle) != 1:
+            return 404, _storage_error(5, "no such route")
+        if not self.authorized(auth):
+            return 401, _storage_error(16, "error:pkg/auth:unauthenticated (unauthenticated)")
+        if middle[0] != self.app_id:
+            return 404, _storage_error(5, f"application {middle[0]!r} not found")
+        try:
+            after = _storage_time("after", query["after"]) if "after" in query else None
+            before = _storage_time("before", query["before"]) if "before" in query else None
+            limit = int(query.get("limit", STORAGE_DEFAULT_LIMIT))
+            f_port = int(query["f_port"]) if "f_port" in query else None
+        except (StorageQueryError, ValueError) as exc:
+            return 400, _storage_error(3, str(exc))
+        if not 1 <= limit <= STORAGE_MAX_LIMIT:
+            return 400, _storage_error(3, f"limit must be 1..{STORAGE_MAX_LIMIT}")
+        rows = self.storage.query(after, before, limit, device_id, f_port)
+        return 200, b"".join(b'{"result":' + body + b"}\n\n" for body in rows)
+
+
+def _storage_error(code: int, message: str) -> bytes:
+    return json.dumps({"code": code, "message": message}).encode()
+
+
+class _StorageHandler(BaseHTTPRequestHandler):
+    owner: StorageIntegrationServer
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        status, body = self.owner.answer(url.path, query, self.headers.get("Authorization"))
+        self.owner.requests[status] += 1
+        self.send_response(status)
+        self.send_header(
+            "Content-Type", "text/event-stream" if status == 200 else "application/json"
+        )
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("storage integration: %s", format % args)
+
+
 # --- command line -------------------------------------------------------------------------
 
 
@@ -844,6 +1037,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-prefix", default="node", help="device ids are PREFIX1..PREFIXN")
     p.add_argument("--rounds", type=int, help="stop after this many uplinks per node")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO (default: the config's)")
+    p.add_argument(
+        "--storage-port",
+        type=int,
+        help="also serve the Storage Integration HTTP API on 127.0.0.1:PORT (0: any free "
+        "port); the API key is storage_integration.api_key, else mqtt.password",
+    )
     return p
 
 
@@ -885,6 +1084,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls=mqtt_config.tls,
         ca_certs=mqtt_config.ca_certs,
     )
+    storage_server: StorageIntegrationServer | None = None
+    if args.storage_port is not None:
+        key = config.storage_integration_api_key or mqtt_config.password
+        storage_server = StorageIntegrationServer(
+            simulator.storage, simulator.app_id, key.value if key else None, port=args.storage_port
+        ).start()
+        print(f"storage integration on {storage_server.url}", flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -909,6 +1115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
     finally:
         simulator.stop()
+        if storage_server is not None:
+            storage_server.stop()
         for number, handler in previous.items():
             signal.signal(number, handler)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(simulator.published.items()))
