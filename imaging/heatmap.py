@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -52,6 +53,11 @@ NO_DATA_HATCH_RGB = _FIXED_COLOURS[NO_DATA_HATCH - LEVELS]
 HATCH_PERIOD_PX = 8
 PNG_COMPRESS_LEVEL = 3  # zlib levels 1-3 cost the same here; 3 gives ~20% smaller files
 
+# Smooth rendering interpolates at 1/SMOOTH_BLOCK_PX of the output size and repeats each pixel:
+# at 640 × 480 that is about 5× the sensor's resolution, which looks as smooth as interpolating
+# every output pixel, while zlib finds the repeated rows and runs (measured here: a third of the
+# PNG bytes and of the time, see BENCHMARKS.md).
+SMOOTH_BLOCK_PX = 4
 _SCALE_BAR_WIDTH_FRACTION = 0.035
 _MIN_HEATMAP_PX = 8
 
@@ -174,8 +180,8 @@ def _level_indexes(array: NDArray[np.float64], lo: float, hi: float) -> NDArray[
 
 
 def _orient(
-    levels: NDArray[np.uint8], rotate: int, flip_horizontal: bool, flip_vertical: bool
-) -> NDArray[np.uint8]:
+    levels: NDArray[Any], rotate: int, flip_horizontal: bool, flip_vertical: bool
+) -> NDArray[Any]:
     """Rotate clockwise by `rotate` degrees, then mirror the rotated image as asked."""
     oriented = np.rot90(levels, k=-(int(rotate) // 90))
     if flip_horizontal:
@@ -194,14 +200,55 @@ def _stripes(height: int, width: int) -> NDArray[np.bool_]:
 
 
 def _upscale(levels: NDArray[np.uint8], height: int, width: int) -> NDArray[np.uint8]:
-    """Nearest-neighbour resize to height × width, with no-data cells hatched."""
+    """Nearest-neighbour resize to height × width, with no-data pixels hatched."""
     rows, cols = levels.shape
     # How many output rows / columns each cell covers: cell i gets output pixels p with
     # p * cells // size == i. np.repeat with these counts is much faster than fancy indexing.
     row_counts = np.bincount((np.arange(height) * rows) // height, minlength=rows)
     col_counts = np.bincount((np.arange(width) * cols) // width, minlength=cols)
-    big = np.repeat(np.repeat(levels, col_counts, axis=1), row_counts, axis=0)
-    if (levels == NO_DATA).any():
+    return _hatch(np.repeat(np.repeat(levels, col_counts, axis=1), row_counts, axis=0))
+
+
+@lru_cache(maxsize=32)
+def _bilinear_weights(cells: int, size: int) -> NDArray[np.float64]:
+    """size × cells matrix that samples `cells` values at `size` evenly spaced output pixels.
+
+    Output pixel p sits at cell coordinate (p + 0.5) · cells / size − 0.5 (pixel centres on
+    cell centres, edges clamped) and takes the two nearest cells with linear weights.
+    """
+    position = np.clip((np.arange(size) + 0.5) * cells / size - 0.5, 0.0, cells - 1.0)
+    below = np.floor(position).astype(np.intp)
+    above = np.minimum(below + 1, cells - 1)
+    fraction = position - below
+    weights = np.zeros((size, cells), dtype=np.float64)
+    np.add.at(weights, (np.arange(size), below), 1.0 - fraction)
+    np.add.at(weights, (np.arange(size), above), fraction)
+    weights.flags.writeable = False
+    return weights
+
+
+def _smooth(array: NDArray[np.float64], height: int, width: int) -> NDArray[np.float64]:
+    """Bilinear resize of a grid with NaN for no data to height × width.
+
+    Normalised interpolation: values and a have-data mask are resized alike and divided, so
+    no-data cells never pull real temperatures towards zero; an output pixel whose weight comes
+    mostly (≥ half) from no-data cells is no data itself, which keeps a missing row about as
+    tall as the row it replaces. Two small matrix products, no per-pixel Python.
+    """
+    rows_w = _bilinear_weights(array.shape[0], height)
+    cols_w = _bilinear_weights(array.shape[1], width)
+    have = ~np.isnan(array)
+    values = np.where(have, array, 0.0)
+    total = rows_w @ values @ cols_w.T
+    weight = rows_w @ have.astype(np.float64) @ cols_w.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(weight >= 0.5, total / weight, np.nan)
+
+
+def _hatch(big: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Hatch the no-data pixels of an image-sized palette array in place, and return it."""
+    if (big == NO_DATA).any():
+        height, width = big.shape
         np.copyto(big, NO_DATA_HATCH, where=(big == NO_DATA) & _stripes(height, width))
     return big
 
@@ -233,11 +280,13 @@ def render_heatmap(
     flip_horizontal: bool = False,
     flip_vertical: bool = False,
     show_scale: bool = True,
+    smooth: bool = True,
 ) -> bytes:
     """Render a temperature grid as a width × height PNG heatmap and return the PNG bytes.
 
-    Cells are drawn blocky (nearest neighbour) and keep their square shape; no-data cells are
-    hatched grey. The colour range is vmin..vmax, by default the real pixels' min..max.
+    The grid is upscaled smoothly (bilinear) by default, or blocky (nearest neighbour) with
+    `smooth=False`; cells keep their square shape either way and no-data pixels are hatched
+    grey. The colour range is vmin..vmax, by default the real pixels' min..max.
     `rotate` turns the image clockwise (0, 90, 180 or 270 degrees); the flips then mirror the
     rotated image left-right (`flip_horizontal`) or top-bottom (`flip_vertical`). With
     `show_scale` a colour bar labelled with the max, middle and min in °C sits on the right;
@@ -253,8 +302,8 @@ def render_heatmap(
             raise ValueError(f"{name} must be 1..{MAX_SIDE_PX} pixels, got {side!r}")
     array = _as_array(grid)
     lo, hi, known = _colour_range(array, vmin, vmax)
-    levels = _orient(_level_indexes(array, lo, hi), rotate, flip_horizontal, flip_vertical)
-    rows, cols = levels.shape
+    oriented = _orient(array, rotate, flip_horizontal, flip_vertical)
+    rows, cols = oriented.shape
 
     # Layout: caption line on top, heatmap, then scale bar and its labels on the right.
     font, ink_top, line_px = _font(max(8, min(width, height) // 30))
@@ -277,7 +326,12 @@ def render_heatmap(
     bar_x = x0 + map_w + pad
 
     canvas = np.full((height, width), BACKGROUND, dtype=np.uint8)
-    canvas[y0 : y0 + map_h, x0 : x0 + map_w] = _upscale(levels, map_h, map_w)
+    inner_h = min(map_h, max(rows, -(-map_h // SMOOTH_BLOCK_PX)))
+    inner_w = min(map_w, max(cols, -(-map_w // SMOOTH_BLOCK_PX)))
+    if smooth and (inner_h, inner_w) != (rows, cols):
+        oriented = _smooth(oriented, inner_h, inner_w)
+    heatmap = _upscale(_level_indexes(oriented, lo, hi), map_h, map_w)
+    canvas[y0 : y0 + map_h, x0 : x0 + map_w] = heatmap
     if decorated and show_scale:
         gradient = np.rint(np.linspace(LEVELS - 1, 0, map_h)).astype(np.uint8)
         canvas[y0 : y0 + map_h, bar_x : bar_x + bar_px] = gradient[:, np.newaxis]

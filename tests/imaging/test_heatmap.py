@@ -17,6 +17,7 @@ from imaging.heatmap import (
     MAX_BINS,
     NO_DATA_HATCH_RGB,
     NO_DATA_RGB,
+    SMOOTH_BLOCK_PX,
     grid_stats,
     histogram,
     render_heatmap,
@@ -72,6 +73,11 @@ def plain(grid: HeatmapGrid, **options: Any) -> Image.Image:
     return decode(render_heatmap(grid, show_scale=False, **options))
 
 
+def blocky(grid: HeatmapGrid, **options: Any) -> Image.Image:
+    """`plain`, nearest-neighbour: every displayed cell is one flat colour."""
+    return plain(grid, smooth=False, **options)
+
+
 # --- size and colours --------------------------------------------------------------------
 
 
@@ -91,7 +97,7 @@ def test_hottest_pixel_takes_the_top_colour_and_coldest_the_bottom(colormap: str
     grid = flat(20.0)
     grid[5][7] = 40.0
     grid[20][30] = 10.0
-    image = plain(grid, colormap=colormap)
+    image = blocky(grid, colormap=colormap)
     assert cell_colour(image, 24, 32, 5, 7) == LUTS[colormap][255]
     assert cell_colour(image, 24, 32, 20, 30) == LUTS[colormap][0]
 
@@ -99,7 +105,7 @@ def test_hottest_pixel_takes_the_top_colour_and_coldest_the_bottom(colormap: str
 def test_warmer_pixels_sit_higher_on_the_colormap() -> None:
     lut = LUTS["gray"]  # grey levels grow with temperature, so brightness orders them
     grid: Grid = [[float(c) for c in range(8)] for _ in range(6)]
-    image = plain(grid, colormap="gray")
+    image = blocky(grid, colormap="gray")
     shades = [cell_colour(image, 6, 8, 0, c)[0] for c in range(8)]
     assert shades == sorted(shades) and shades[0] == lut[0][0] and shades[-1] == lut[255][0]
 
@@ -107,7 +113,7 @@ def test_warmer_pixels_sit_higher_on_the_colormap() -> None:
 def test_vmin_vmax_clip_the_colour_range() -> None:
     grid = flat(25.0)
     grid[0][0], grid[0][1] = -100.0, 100.0
-    image = plain(grid, vmin=20.0, vmax=30.0)
+    image = blocky(grid, vmin=20.0, vmax=30.0)
     assert cell_colour(image, 24, 32, 0, 0) == LUTS["inferno"][0]
     assert cell_colour(image, 24, 32, 0, 1) == LUTS["inferno"][255]
     middle = cell_colour(image, 24, 32, 10, 10)
@@ -118,7 +124,7 @@ def test_no_data_pixels_are_hatched_grey() -> None:
     grid = flat(30.0)
     grid[4][4] = None
     grid[4][5] = 10.0
-    image = plain(grid)
+    image = blocky(grid)
     left, top, right, bottom = heatmap_box(image)
     cell_w, cell_h = (right - left) / 32, (bottom - top) / 24
     inside = {
@@ -131,10 +137,11 @@ def test_no_data_pixels_are_hatched_grey() -> None:
     assert NO_DATA_RGB not in LUTS["inferno"] and NO_DATA_HATCH_RGB not in LUTS["inferno"]
 
 
-def test_a_missing_row_of_a_partial_frame_is_drawn_as_no_data() -> None:
+@pytest.mark.parametrize("smooth", [True, False])
+def test_a_missing_row_of_a_partial_frame_is_drawn_as_no_data(smooth: bool) -> None:
     grid = flat(22.0)
     grid[10] = [None] * 32
-    image = plain(grid)
+    image = plain(grid, smooth=smooth)
     row = {cell_colour(image, 24, 32, 10, c) for c in range(32)}
     assert row <= {NO_DATA_RGB, NO_DATA_HATCH_RGB}
     assert cell_colour(image, 24, 32, 9, 0) not in (NO_DATA_RGB, NO_DATA_HATCH_RGB)
@@ -157,12 +164,20 @@ def test_a_missing_row_of_a_partial_frame_is_drawn_as_no_data() -> None:
         (270, False, True, "top_left"),
     ],
 )
+@pytest.mark.parametrize("smooth", [True, False])
 def test_rotation_and_flips_move_the_hot_corner(
-    rotate: int, flip_horizontal: bool, flip_vertical: bool, corner: str
+    rotate: int, flip_horizontal: bool, flip_vertical: bool, corner: str, smooth: bool
 ) -> None:
     grid = flat(20.0)
     grid[0][0] = 60.0
-    image = plain(grid, rotate=rotate, flip_horizontal=flip_horizontal, flip_vertical=flip_vertical)
+    image = plain(
+        grid,
+        colormap="gray",  # brightness orders temperatures
+        smooth=smooth,
+        rotate=rotate,
+        flip_horizontal=flip_horizontal,
+        flip_vertical=flip_vertical,
+    )
     rows, cols = (32, 24) if rotate in (90, 270) else (24, 32)
     corners = {
         "top_left": (0, 0),
@@ -170,12 +185,59 @@ def test_rotation_and_flips_move_the_hot_corner(
         "bottom_left": (rows - 1, 0),
         "bottom_right": (rows - 1, cols - 1),
     }
-    hot = {
-        name
-        for name, (r, c) in corners.items()
-        if cell_colour(image, rows, cols, r, c) == LUTS["inferno"][255]
-    }
-    assert hot == {corner}
+    shade = {name: cell_colour(image, rows, cols, r, c)[0] for name, (r, c) in corners.items()}
+    hottest = max(shade, key=lambda name: shade[name])
+    assert hottest == corner
+    assert all(shade[name] < shade[corner] for name in shade if name != corner)
+
+
+# --- smooth upscaling --------------------------------------------------------------------
+
+
+def test_smooth_upscaling_draws_a_gradient_between_cells() -> None:
+    # Two cells, cold and hot: blocky shows two colours, smooth a ramp from one to the other.
+    grid: Grid = [[10.0, 20.0]]
+    image = plain(grid, colormap="gray", width=200, height=100)
+    left, top, right, bottom = heatmap_box(image)
+    row = np.asarray(image.convert("L"))[(top + bottom) // 2, left:right]
+    assert list(row) == sorted(row), "the ramp rises from the cold cell to the hot one"
+    assert len(set(row.tolist())) > 20, "smooth means many levels, not two blocks"
+    blocky_row = np.asarray(blocky(grid, colormap="gray", width=200, height=100).convert("L"))
+    assert len(set(blocky_row[(top + bottom) // 2, left:right].tolist())) == 2
+
+
+def test_smooth_keeps_the_hot_spot_where_it_is_and_near_the_top_colour() -> None:
+    grid = flat(20.0)
+    grid[5][7] = 40.0
+    image = plain(grid, colormap="gray")
+    lut = LUTS["gray"]
+    hot = cell_colour(image, 24, 32, 5, 7)[0]
+    assert hot >= lut[int(255 * 0.85)][0], "the hot cell's centre is close to the top colour"
+    left, top, right, bottom = heatmap_box(image)
+    region = np.asarray(image.crop((left, top, right, bottom)).convert("L"))
+    y, x = np.unravel_index(int(region.argmax()), region.shape)
+    assert int(x * 32 / region.shape[1]) == 7 and int(y * 24 / region.shape[0]) == 5
+
+
+def test_smooth_no_data_does_not_bleed_into_real_pixels() -> None:
+    # A no-data row between two flat real rows: the real rows keep their exact colour right up
+    # to the hatched band, so a missing row never drags its neighbours' temperatures to zero.
+    grid = flat(30.0)
+    grid[0][0] = 10.0  # sets a colour range; far from the missing row
+    grid[12] = [None] * 32
+    image = plain(grid, colormap="gray")
+    lut = LUTS["gray"]
+    left, top, right, bottom = heatmap_box(image)
+    cell_h = (bottom - top) / 24
+    x = left + (right - left) // 2
+    above = image.getpixel((x, int(top + 11.4 * cell_h)))
+    below = image.getpixel((x, int(top + 13.6 * cell_h)))
+    assert above == below == lut[255]
+    column = [image.getpixel((x, y)) for y in range(top, bottom)]
+    hatched = [y for y, rgb in enumerate(column) if rgb in (NO_DATA_RGB, NO_DATA_HATCH_RGB)]
+    assert hatched == list(range(hatched[0], hatched[-1] + 1)), "one unbroken band"
+    assert abs(len(hatched) - cell_h) <= SMOOTH_BLOCK_PX, "as tall as the missing row"
+    assert abs(hatched[0] - 12 * cell_h) <= SMOOTH_BLOCK_PX, "where the missing row was"
 
 
 def test_quarter_turn_keeps_cells_square() -> None:
