@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from node_firmware.protocol import Mode, ProtocolError, Settings, check_threshold
+from node_firmware.protocol import (
+    LOSSLESS_STEP_C,
+    Mode,
+    ProtocolError,
+    Settings,
+    check_threshold,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +94,14 @@ class SettingsStore(Protocol):
 
 def settings_to_json(settings: Settings) -> dict[str, Any]:
     """Settings as the API and the settings file spell them: fan "on"/"off", mode, threshold."""
-    return {
+    data: dict[str, Any] = {
         "fan": "on" if settings.fan else "off",
         "mode": Mode(settings.mode).label,
         "threshold": settings.threshold,
     }
+    if settings.mode is Mode.COMPRESSED:
+        data["step"] = settings.step
+    return data
 
 
 def settings_from_json(data: Any) -> Settings:
@@ -104,12 +113,18 @@ def settings_from_json(data: Any) -> Settings:
         raise ProtocolError(f"fan must be 'on' or 'off', not {fan!r}")
     mode = data.get("mode")
     if not isinstance(mode, str):
-        raise ProtocolError(f"mode must be 'slow' or 'fast', not {mode!r}")
+        raise ProtocolError(f"mode must be 'slow', 'fast' or 'compressed', not {mode!r}")
     threshold = data.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, int):
         raise ProtocolError(f"threshold must be a whole number of °C, not {threshold!r}")
+    step = data.get("step", LOSSLESS_STEP_C)
+    if isinstance(step, bool) or not isinstance(step, int | float):
+        raise ProtocolError(f"step must be 0.1, 0.2, 0.5 or 1.0 °C, not {step!r}")
     return Settings(
-        fan=fan in ("on", True), mode=Mode.from_label(mode), threshold=check_threshold(threshold)
+        fan=fan in ("on", True),
+        mode=Mode.from_label(mode),
+        threshold=check_threshold(threshold),
+        step=float(step),
     )
 
 

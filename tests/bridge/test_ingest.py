@@ -250,7 +250,7 @@ def test_malformed_input_is_counted_logged_skipped_and_the_bridge_keeps_working(
     for body in bad_bodies:
         publisher.publish(topic("noisy"), body)
     node.send(good[0][:40])  # wrong length for slow mode
-    node.send(bytes([0x80 | 9]) + good[0][1:])  # reserved mode 2
+    node.send(bytes([0xC0 | 9]) + good[0][1:])  # reserved mode 3
     node.send(good[0], f_port=7)  # unknown FPort
     node.send(encode_status(NodeStatus(1, False, False, Mode.SLOW, 50, 20))[:4], f_port=2)
     for p in good:

@@ -28,6 +28,8 @@ from node_firmware.protocol import (
 )
 
 VECTORS_PATH = Path(__file__).with_name("vectors.json")
+# docs/protocol.md's worked example: 25.0, 25.5, no data, 31.0 at step 0.5, k = 0.
+WORKED_EXAMPLE_HEX = "87C018000004032DE730"
 
 
 def on_off(value: bool) -> str:
@@ -36,6 +38,21 @@ def on_off(value: bool) -> str:
 
 def decoded_json(decoded: Fragment | NodeStatus) -> dict[str, Any]:
     """The formatter's `data` for a decoded uplink."""
+    if isinstance(decoded, Fragment) and decoded.mode is Mode.COMPRESSED:
+        return {
+            "type": "fragment",
+            "mode": "compressed",
+            "frame_number": decoded.frame_number,
+            "fan": on_off(decoded.fan),
+            "index": decoded.index,
+            "ambient": decoded.ambient,
+            "last": decoded.last,
+            "step": decoded.step,
+            "rice_k": decoded.rice_k,
+            "start": decoded.start,
+            "rows": list(decoded.rows()),
+            "pixels": list(decoded.pixels),
+        }
     if isinstance(decoded, Fragment):
         return {
             "type": "fragment",
@@ -47,7 +64,7 @@ def decoded_json(decoded: Fragment | NodeStatus) -> dict[str, Any]:
             "rows": list(decoded.rows()),
             "pixels": list(decoded.pixels),
         }
-    return {
+    status = {
         "type": "status",
         "version": decoded.version,
         "fan_requested": on_off(decoded.fan_requested),
@@ -56,15 +73,21 @@ def decoded_json(decoded: Fragment | NodeStatus) -> dict[str, Any]:
         "threshold": decoded.threshold,
         "ambient": decoded.ambient,
     }
+    if decoded.mode is Mode.COMPRESSED:
+        status["step"] = decoded.step
+    return status
 
 
 def settings_json(settings: Settings) -> dict[str, Any]:
     """The formatter's downlink `data`."""
-    return {
+    data: dict[str, Any] = {
         "fan": on_off(settings.fan),
         "mode": Mode(settings.mode).label,
         "threshold": settings.threshold,
     }
+    if settings.mode is Mode.COMPRESSED:
+        data["step"] = settings.step
+    return data
 
 
 def error_kind(f_port: int, payload: bytes) -> str:
@@ -179,6 +202,36 @@ def build_vectors() -> dict[str, Any]:
             protocol.encode_fragment(fast[1]),
         )
     )
+    # docs/protocol.md "Worked example": four pixels of row 0 at step 0.5, by hand.
+    worked = Fragment(
+        mode=Mode.COMPRESSED,
+        frame_number=7,
+        fan=True,
+        index=0,
+        ambient=24,
+        pixels=(25.0, 25.5, None, 31.0),
+        start=0,
+        step=0.5,
+        rice_k=0,
+    )
+    worked_payload = protocol.encode_fragment(worked)
+    assert worked_payload.hex().upper() == WORKED_EXAMPLE_HEX, worked_payload.hex().upper()
+    uplinks.append(
+        uplink_vector("compressed: docs/protocol.md's worked example", 1, worked_payload)
+    )
+    for step in protocol.STEPS_C:
+        frags = protocol.compress_frame(grid, 12, step=step, fan=False, ambient=24.2)
+        picks = [0, len(frags) // 2, len(frags) - 1] if step in (0.1, 0.5) else [1]
+        for i in picks:
+            where = "first" if i == 0 else "last" if i == len(frags) - 1 else "middle"
+            uplinks.append(
+                uplink_vector(
+                    f"compressed sample grid at step {step} °C: {where} fragment {i} "
+                    f"of {len(frags)}",
+                    1,
+                    protocol.encode_fragment(frags[i]),
+                )
+            )
     reserved = bytearray(protocol.encode_fragment(slow[3]))
     reserved[1] |= 0x60  # bits 6..5 reserved: "ignored on receipt"
     uplinks.append(
@@ -201,6 +254,18 @@ def build_vectors() -> dict[str, Any]:
             NodeStatus(1, False, True, Mode.SLOW, -5, -3),
         ),
         ("status: threshold 150, fast", NodeStatus(1, False, False, Mode.FAST, 150, 22)),
+        (
+            "status: compressed at 0.1 °C (lossless), fan off, 50 °C",
+            NodeStatus(1, False, False, Mode.COMPRESSED, 50, 24, 0.1),
+        ),
+        (
+            "status: compressed at 0.5 °C, fan running, 45 °C",
+            NodeStatus(1, False, True, Mode.COMPRESSED, 45, 23, 0.5),
+        ),
+        (
+            "status: compressed at 1.0 °C, no ambient",
+            NodeStatus(1, True, True, Mode.COMPRESSED, 60, None, 1.0),
+        ),
     ]
     for name, status in statuses:
         uplinks.append(uplink_vector(name, 2, protocol.encode_status(status)))
@@ -210,11 +275,12 @@ def build_vectors() -> dict[str, Any]:
         )
     )
     uplinks.append(
-        uplink_vector("status with reserved bits set", 2, bytes.fromhex("013E003219"), warns=True)
+        uplink_vector("status with reserved bits set", 2, bytes.fromhex("0130003219"), warns=True)
     )
 
     slow_ok = protocol.encode_fragment(slow[3])
     fast_ok = protocol.encode_fragment(fast[0])
+    comp_ok = protocol.encode_fragment(protocol.compress_frame(grid, 3, fan=False, ambient=20)[0])
     invalid: list[tuple[str, int, bytes]] = [
         ("empty fragment", 1, b""),
         ("fragment shorter than its header", 1, bytes.fromhex("0581")),
@@ -222,8 +288,27 @@ def build_vectors() -> dict[str, Any]:
         ("slow fragment one byte long (52)", 1, slow_ok + b"\x00"),
         ("fast fragment with a slow fragment's length (51)", 1, fast_ok + b"\x00" * 12),
         ("fast fragment one byte short (38)", 1, fast_ok[:-1]),
-        ("reserved mode 2", 1, bytes([0x80 | 5]) + slow_ok[1:]),
         ("reserved mode 3", 1, bytes([0xC0 | 5]) + slow_ok[1:]),
+        ("compressed fragment of 5 bytes (header is 6)", 1, worked_payload[:5]),
+        ("compressed fragment of 52 bytes", 1, comp_ok + bytes(52 - len(comp_ok))),
+        ("compressed fragment carrying 0 pixels", 1, comp_ok[:3] + bytes(3) + comp_ok[6:]),
+        (
+            "compressed fragment past pixel 767",
+            1,
+            comp_ok[:3] + ((767 << 10) | 2).to_bytes(3, "big") + comp_ok[6:],
+        ),
+        (
+            "compressed fragment flagged last that ends early",
+            1,
+            bytes([comp_ok[0], comp_ok[1], comp_ok[2], comp_ok[3] | 0x80]) + comp_ok[4:],
+        ),
+        ("compressed fragment truncated by one byte", 1, comp_ok[:-1]),
+        ("compressed fragment with a byte left over", 1, worked_payload + b"\x00"),
+        (
+            "compressed fragment with padding bits set",
+            1,
+            worked_payload[:-1] + bytes([worked_payload[-1] | 0x01]),
+        ),
         ("slow fragment index 24", 1, slow_ok[:1] + bytes([24]) + slow_ok[2:]),
         ("slow fragment index 31", 1, slow_ok[:1] + bytes([0x80 | 31]) + slow_ok[2:]),
         ("fast fragment index 2", 1, fast_ok[:1] + bytes([2]) + fast_ok[2:]),
@@ -244,6 +329,10 @@ def build_vectors() -> dict[str, Any]:
         ("lowest threshold -40", Settings(False, Mode.FAST, -40)),
         ("highest threshold 150", Settings(True, Mode.SLOW, 150)),
         ("fan on, slow, 45 °C", Settings(True, Mode.SLOW, 45)),
+        ("compressed lossless (0.1 °C), fan off, 50 °C", Settings(False, Mode.COMPRESSED, 50)),
+        ("compressed 0.2 °C, fan on, 45 °C", Settings(True, Mode.COMPRESSED, 45, 0.2)),
+        ("compressed 0.5 °C, fan off, -5 °C", Settings(False, Mode.COMPRESSED, -5, 0.5)),
+        ("compressed 1.0 °C, fan on, 150 °C", Settings(True, Mode.COMPRESSED, 150, 1.0)),
     ]
     downlinks = []
     for name, settings in settings_cases:
@@ -266,7 +355,8 @@ def build_vectors() -> dict[str, Any]:
 
     bad_settings = [
         ("settings of 2 bytes", bytes.fromhex("8100")),
-        ("settings of 4 bytes", bytes.fromhex("81003200")),
+        ("4-byte settings without the compressed bit", bytes.fromhex("81003200")),
+        ("settings of 5 bytes", bytes.fromhex("8100328000")),
         ("threshold 151", bytes.fromhex("000097")),
         ("threshold -41", bytes.fromhex("00FFD7")),
         ("threshold 32767", bytes.fromhex("007FFF")),

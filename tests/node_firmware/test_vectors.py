@@ -10,7 +10,13 @@ import pytest
 from node_firmware import protocol
 from node_firmware.hardware import settings_from_json
 from node_firmware.protocol import Fragment, Mode, NodeStatus, ProtocolError, Settings
-from tests.node_firmware.make_vectors import VECTORS_PATH, build_vectors, decoded_json, render
+from tests.node_firmware.make_vectors import (
+    VECTORS_PATH,
+    WORKED_EXAMPLE_HEX,
+    build_vectors,
+    decoded_json,
+    render,
+)
 
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 
@@ -55,6 +61,9 @@ def test_uplink_decodes_to_the_vector(vector: dict[str, Any]) -> None:
 def test_uplink_encodes_to_the_vector(vector: dict[str, Any]) -> None:
     d = vector["decoded"]
     if d["type"] == "fragment":
+        compressed = {
+            key: d[key] for key in ("start", "step", "last", "rice_k") if d["mode"] == "compressed"
+        }
         payload = protocol.encode_fragment(
             Fragment(
                 mode=Mode.from_label(d["mode"]),
@@ -63,6 +72,7 @@ def test_uplink_encodes_to_the_vector(vector: dict[str, Any]) -> None:
                 index=d["index"],
                 ambient=d["ambient"],
                 pixels=tuple(d["pixels"]),
+                **compressed,
             )
         )
     else:
@@ -74,6 +84,7 @@ def test_uplink_encodes_to_the_vector(vector: dict[str, Any]) -> None:
                 mode=Mode.from_label(d["mode"]),
                 threshold=d["threshold"],
                 ambient=d["ambient"],
+                step=d.get("step", 0.1),
             )
         )
     assert payload.hex().upper() == vector["hex"]
@@ -108,3 +119,15 @@ def test_invalid_settings_refuse_to_encode(vector: dict[str, Any]) -> None:
         protocol.encode_settings(
             Settings(data["fan"] == "on", Mode.from_label(data["mode"]), data["threshold"])
         )
+
+
+def test_compressed_vectors_cover_every_step_and_the_worked_example() -> None:
+    compressed = [v for v in VECTORS["uplinks"] if v["decoded"].get("mode") == "compressed"]
+    assert {v["decoded"]["step"] for v in compressed if v["decoded"]["type"] == "fragment"} == {
+        0.1,
+        0.2,
+        0.5,
+        1.0,
+    }
+    assert any(v["hex"] == WORKED_EXAMPLE_HEX for v in compressed)
+    assert any(v["decoded"].get("last") for v in compressed)

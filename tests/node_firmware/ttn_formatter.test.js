@@ -18,7 +18,8 @@ const ERROR_PATTERNS = {
   ReservedModeError: /mode \d is reserved/,
   FragmentIndexError: /fragment index \d+ is out of range/,
   UnknownPortError: /FPort \d+ is not part of the protocol/,
-  FieldValueError: /threshold|mode/,
+  FieldValueError: /threshold|mode|start pixel|last is|compressed bit/,
+  CompressedDataError: /compressed data: byte \d+/,
 };
 
 function hexToBytes(hex) {
@@ -162,4 +163,15 @@ test("encodeDownlink and decodeDownlink round-trip every threshold", () => {
       }
     }
   }
+});
+
+test("encodeDownlink and decodeDownlink round-trip every compressed step", () => {
+  for (const step of [0.1, 0.2, 0.5, 1.0]) {
+    const data = { fan: "on", mode: "compressed", threshold: 45, step };
+    const enc = encodeDownlink({ data });
+    assert.deepEqual(enc.errors, []);
+    assert.equal(enc.bytes.length, 4);
+    assert.deepEqual(decodeDownlink({ bytes: enc.bytes, fPort: 10 }).data, data);
+  }
+  assert.match(encodeDownlink({ data: { fan: "on", mode: "compressed", threshold: 4, step: 0.3 } }).errors[0], /step/);
 });
