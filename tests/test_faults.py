@@ -388,8 +388,10 @@ def test_two_bridges_by_mistake_store_everything_once(
     publisher = Publisher(mqtt_broker.host, mqtt_broker.port)
     nodes = [Node("twin1"), Node("twin2")]
     try:
-        for bridge in (first.start(), second.start()):
-            bridge.wait_log("connected to MQTT", what="a bridge process to subscribe")
+        # One after the other: two processes migrating an empty database at the same instant
+        # race (CREATE TABLE twice); see the report. The second one is the mistake.
+        for bridge in (first, second):
+            bridge.start().wait_log("connected to MQTT", what="a bridge process to subscribe")
         streams = [
             [n.status(), *n.frame(6 + i, 46.0, 1), *n.frame(8 + i, 47.0, 2)]
             for i, n in enumerate(nodes)
