@@ -138,3 +138,19 @@ def append_section(
     existing = path.read_text() if path.exists() else HEADER
     path.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(lines))
     return path
+
+
+def process_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and resident bytes of a process and its children so far."""
+    import psutil
+
+    root = psutil.Process(pid)
+    cpu, rss = 0.0, 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            cpu += times.user + times.system
+            rss += proc.memory_info().rss
+        except psutil.Error:  # a child that just exited
+            continue
+    return cpu, rss
