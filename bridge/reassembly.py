@@ -12,7 +12,8 @@ Rules (PROTOCOL.md "Reassembly rules"), and how the ambiguous cases are settled:
   frame number while the old frame was still open: the old frame is closed as partial and the
   fragment opens a new frame. Thermal rows of two different frames are never bit-identical in
   practice, so content is a safe tie-breaker where arrival time is not.
-- A frame is complete when every index of its mode arrived. When a frame completes or is closed,
+- A frame is complete when every index of its mode arrived; a compressed frame (docs/protocol.md)
+  when the pixel ranges of its fragments cover 0..767, and its coverage is pixels ÷ 768. When a frame completes or is closed,
   every frame of the same device opened before it and still open is closed as partial
   ("superseded"). A frame with no new fragment for `frame_timeout_s` is closed ("timeout").
 - A fragment that arrives late for a partial frame closed recently (among the device's last
@@ -29,6 +30,7 @@ from datetime import datetime
 from typing import Literal
 
 from node_firmware.protocol import (
+    FRAME_PIXELS,
     Fragment,
     Grid,
     Mode,
@@ -58,10 +60,13 @@ class Frame:
     last_received_at: datetime
     fan: bool
     ambient: int | None
+    pixels_received: int = 0  # compressed mode: pixels its fragments carried
 
     @property
     def coverage(self) -> float:
-        """Fragments received ÷ fragments expected."""
+        """Fragments received ÷ fragments expected (compressed: pixels received ÷ 768)."""
+        if self.mode is Mode.COMPRESSED:
+            return self.pixels_received / FRAME_PIXELS
         return len(self.received) / fragment_count(self.mode)
 
 
@@ -128,7 +133,16 @@ class _Assembly:
 
     @property
     def complete(self) -> bool:
+        if self.mode is Mode.COMPRESSED:
+            return self.pixels_received() == FRAME_PIXELS
         return len(self.fragments) == fragment_count(self.mode)
+
+    def pixels_received(self) -> int:
+        """Distinct pixels the fragments carry (compressed mode)."""
+        covered: set[int] = set()
+        for fragment, _ in self.fragments.values():
+            covered.update(fragment.pixel_range())
+        return len(covered)
 
     @property
     def last_received_at(self) -> datetime:
@@ -141,9 +155,16 @@ class _Assembly:
         rows, cols = grid_shape(self.mode)
         per = rows_per_fragment(self.mode)
         grid: list[tuple[float | None, ...]] = [(None,) * cols for _ in range(rows)]
-        for index, (fragment, _) in self.fragments.items():
-            for r in range(per):
-                grid[index * per + r] = tuple(fragment.pixels[r * cols : (r + 1) * cols])
+        if self.mode is Mode.COMPRESSED:
+            flat: list[float | None] = [None] * (rows * cols)
+            for fragment, _ in self.fragments.values():
+                start = fragment.start
+                flat[start : start + len(fragment.pixels)] = fragment.pixels
+            grid = [tuple(flat[r * cols : (r + 1) * cols]) for r in range(rows)]
+        else:
+            for index, (fragment, _) in self.fragments.items():
+                for r in range(per):
+                    grid[index * per + r] = tuple(fragment.pixels[r * cols : (r + 1) * cols])
         # Latest by network time; among equal times the one that arrived last wins.
         by_time = sorted(self.fragments.values(), key=lambda item: item[1])
         ambient = None
@@ -163,6 +184,7 @@ class _Assembly:
             last_received_at=times[-1],
             fan=by_time[-1][0].fan,
             ambient=ambient,
+            pixels_received=self.pixels_received() if self.mode is Mode.COMPRESSED else 0,
         )
 
 

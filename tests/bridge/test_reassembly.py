@@ -206,7 +206,7 @@ def test_restore_closes_a_complete_group_on_the_next_expire() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.sampled_from(list(Mode)),
+    st.sampled_from([Mode.SLOW, Mode.FAST]),  # compressed: test_reassembly_compressed.py
     st.integers(0, 1000),
     st.randoms(use_true_random=False),
     st.lists(st.integers(0, 23), max_size=10),
