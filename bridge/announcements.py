@@ -7,6 +7,7 @@ from typing import Any
 
 from bridge.ttn import format_time
 from db.store import AlarmRecord, AmbientRecord, DeviceRecord, DownlinkRecord, FrameRecord
+from node_firmware.protocol import STEPS_C
 
 # announce(event, payload, device_id): hand one push event to Socket.IO (or the message queue).
 Announce = Callable[[str, dict[str, Any], str], None]
@@ -33,6 +34,10 @@ def effective_threshold(device: DeviceRecord) -> int:
     return DEFAULT_THRESHOLD_C
 
 
+def _step_c(tenths: int | None) -> float | None:
+    return None if tenths is None else tenths / 10
+
+
 def node_state(device: DeviceRecord, pending: DownlinkRecord | None) -> dict[str, Any]:
     """The `node_state` event."""
     fan_requested = device.desired_fan if device.desired_fan is not None else device.reported_fan
@@ -44,10 +49,13 @@ def node_state(device: DeviceRecord, pending: DownlinkRecord | None) -> dict[str
         "fan_requested": on_off(fan_requested),
         "mode": device.reported_mode or device.desired_mode,
         "threshold": effective_threshold(device),
+        # Compressed mode's step in °C (docs/protocol.md); null in slow and fast mode.
+        "step": _step_c(device.reported_step if device.reported_mode else device.desired_step),
         "desired": {
             "fan": on_off(device.desired_fan),
             "mode": device.desired_mode,
             "threshold": device.desired_threshold,
+            "step": _step_c(device.desired_step),
         },
         "pending_downlink": pending.downlink_id if pending else None,
         "uplinks": device.uplinks,
@@ -93,6 +101,13 @@ def frame_event(frame: FrameRecord, png: bytes) -> dict[str, Any]:
     return payload
 
 
+def _payload_step(record: DownlinkRecord) -> dict[str, float]:
+    """{"step": °C} for a compressed-mode request (the step lives in its payload's byte 3)."""
+    if record.mode == "compressed" and len(record.payload) == 4:
+        return {"step": STEPS_C[record.payload[3] & 0x03]}
+    return {}
+
+
 def downlink(record: DownlinkRecord, status: str | None = None, at: Any = None) -> dict[str, Any]:
     """The `downlink` event."""
     return {
@@ -103,6 +118,7 @@ def downlink(record: DownlinkRecord, status: str | None = None, at: Any = None) 
             "fan": on_off(record.fan),
             "mode": record.mode,
             "threshold": record.threshold,
+            **_payload_step(record),
         },
         "at": format_time(at or record.updated_at),
         "message": record.message,

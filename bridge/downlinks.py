@@ -17,7 +17,18 @@ from bridge import announcements as ann
 from bridge.config import Config
 from bridge.ttn import DownlinkEvent, build_downlink_replace
 from db.store import FINAL_STATUSES, DeviceRecord, DownlinkRecord, Store, Tx
-from node_firmware.protocol import SETTINGS_PORT, Mode, NodeStatus, Settings, encode_settings
+from node_firmware.protocol import (
+    SETTINGS_PORT,
+    STEPS_C,
+    STEPS_TENTHS,
+    Mode,
+    NodeStatus,
+    ProtocolError,
+    Settings,
+    decode_settings,
+    encode_settings,
+    step_tenths,
+)
 from webapp.settings import DEFAULT_SETTINGS, SettingsChange, merge_settings
 
 log = logging.getLogger(__name__)
@@ -50,15 +61,25 @@ def desired_settings(device: DeviceRecord) -> Settings:
         if device.desired_threshold is not None
         else device.reported_threshold
     )
+    tenths = device.desired_step if device.desired_mode else device.reported_step
     return Settings(
         fan=DEFAULT_SETTINGS.fan if fan is None else fan,
         mode=Mode.from_label(mode) if mode else DEFAULT_SETTINGS.mode,
         threshold=DEFAULT_SETTINGS.threshold if threshold is None else threshold,
+        step=step_of_tenths(tenths),
     )
 
 
+def step_of_tenths(tenths: int | None) -> float:
+    """A stored step (°C/10) as the protocol's step; unknown or null: lossless 0.1."""
+    return STEPS_C[STEPS_TENTHS.index(tenths)] if tenths in STEPS_TENTHS else STEPS_C[0]
+
+
 def _settings_of(record: DownlinkRecord) -> Settings:
-    return Settings(fan=record.fan, mode=Mode.from_label(record.mode), threshold=record.threshold)
+    try:
+        return decode_settings(record.payload)  # carries compressed mode's step too
+    except ProtocolError:
+        return Settings(record.fan, Mode.from_label(record.mode), record.threshold)
 
 
 class Downlinks:
@@ -112,6 +133,7 @@ class Downlinks:
                 desired_fan=wanted.fan,
                 desired_mode=Mode(wanted.mode).label,
                 desired_threshold=wanted.threshold,
+                desired_step=step_tenths(wanted.step) if wanted.mode is Mode.COMPRESSED else None,
             )
             device = tx.device_for_update(device_id, now)
         record = self.store.downlink(downlink_id)
@@ -179,7 +201,7 @@ class Downlinks:
         self, tx: Tx, device_id: str, status: NodeStatus, at: datetime
     ) -> list[tuple[str, dict, str]]:
         """A status uplink that matches a pending request marks it applied."""
-        reported = Settings(fan=status.fan_requested, mode=status.mode, threshold=status.threshold)
+        reported = Settings(status.fan_requested, status.mode, status.threshold, status.step)
         out: list[tuple[str, dict, str]] = []
         for record in tx.pending_downlinks(device_id):
             if _settings_of(record) == reported:

@@ -50,6 +50,7 @@ from node_firmware.protocol import (
     decode_fragment,
     decode_uplink,
     encode_fragment,
+    step_tenths,
 )
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,9 @@ class Bridge:
                     )
                 if changes:
                     tx.update_device(up.device_id, **changes)
-                    device = tx.device_for_update(up.device_id, up.received_at)
                     if _state_changed(changes):
+                        # Re-read only for the announcement (most uplinks change counters only).
+                        device = tx.device_for_update(up.device_id, up.received_at)
                         pending = tx.pending_downlinks(up.device_id)
                         out.append(
                             (
@@ -459,6 +461,7 @@ class Bridge:
             fan_running=status.fan_running,
             reported_mode=Mode(status.mode).label,
             reported_threshold=status.threshold,
+            reported_step=step_tenths(status.step) if status.mode is Mode.COMPRESSED else None,
             protocol_version=status.version,
         )
         out = self.downlinks.apply_status(tx, up.device_id, status, up.received_at)
@@ -546,7 +549,14 @@ class Bridge:
 
 
 def _state_changed(changes: dict[str, Any]) -> bool:
-    keys = {"online", "fan_running", "reported_fan", "reported_mode", "reported_threshold"}
+    keys = {
+        "online",
+        "fan_running",
+        "reported_fan",
+        "reported_mode",
+        "reported_threshold",
+        "reported_step",
+    }
     return bool(keys & changes.keys())
 
 

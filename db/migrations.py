@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Connection, Engine, inspect, select, text
 
 from db import schema
 
@@ -22,8 +22,32 @@ def _v1_initial(conn: Connection) -> None:
     schema.metadata.create_all(conn, checkfirst=True)
 
 
+# Columns that hold a mode: "compressed" (docs/protocol.md) needs more than VARCHAR(8).
+_MODE_COLUMNS = (
+    ("devices", "desired_mode", True),
+    ("devices", "reported_mode", True),
+    ("open_fragments", "mode", False),
+    ("frames", "mode", False),
+    ("downlinks", "mode", False),
+)
+
+
+def _v2_compressed_mode(conn: Connection) -> None:
+    """Version 2: mode columns VARCHAR(16) for "compressed"; devices' desired/reported step."""
+    existing = {c["name"] for c in inspect(conn).get_columns("devices")}
+    for name in ("desired_step", "reported_step"):
+        if name not in existing:
+            conn.execute(text(f"ALTER TABLE devices ADD COLUMN {name} SMALLINT NULL"))
+    if conn.dialect.name in ("mysql", "mariadb"):
+        # SQLite does not enforce VARCHAR lengths; MySQL/MariaDB in strict mode do.
+        for table, column, nullable in _MODE_COLUMNS:
+            null = "NULL" if nullable else "NOT NULL"
+            conn.execute(text(f"ALTER TABLE {table} MODIFY COLUMN {column} VARCHAR(16) {null}"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _v1_initial),
+    (2, "compressed mode: wider mode columns, step columns", _v2_compressed_mode),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]
 

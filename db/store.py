@@ -94,6 +94,8 @@ class DeviceRecord:
     uplinks: int
     lost_uplinks: int
     invalid_uplinks: int
+    desired_step: int | None = None  # compressed mode's step in °C/10
+    reported_step: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +198,8 @@ def _device(row: Any) -> DeviceRecord:
         uplinks=row.uplinks or 0,
         lost_uplinks=row.lost_uplinks or 0,
         invalid_uplinks=row.invalid_uplinks or 0,
+        desired_step=row.desired_step,
+        reported_step=row.reported_step,
     )
 
 

@@ -444,7 +444,7 @@ def legacy_request() -> tuple[Response, int]:
     if _store().device(device_id) is None:
         return jsonify({"success": False, "msg": f"unknown device {device_id!r}"}), 404
     if isinstance(body, dict):
-        body = {k: v for k, v in body.items() if k in ("fan", "mode", "threshold")}
+        body = {k: v for k, v in body.items() if k in ("fan", "mode", "threshold", "step")}
     try:
         change = parse_settings_request(body)
         runtime = current_app.extensions["thermal"]

@@ -53,8 +53,9 @@ def document() -> dict[str, Any]:
         "minProperties": 1,
         "properties": {
             "fan": {"type": "string", "enum": ["on", "off"]},
-            "mode": {"type": "string", "enum": ["slow", "fast"]},
+            "mode": {"type": "string", "enum": ["slow", "fast", "compressed"]},
             "threshold": {"type": "integer", "minimum": -40, "maximum": 150},
+            "step": {"type": "number", "enum": [0.1, 0.2, 0.5, 1.0]},
         },
     }
     paths: dict[str, Any] = {

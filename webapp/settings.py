@@ -1,4 +1,4 @@
-"""Validation and merging of settings requests (fan / mode / threshold), with no I/O."""
+"""Validation and merging of settings requests (fan / mode / threshold / step), with no I/O."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from node_firmware.protocol import (
+    STEPS_C,
     THRESHOLD_MAX_C,
     THRESHOLD_MIN_C,
     Mode,
@@ -13,7 +14,8 @@ from node_firmware.protocol import (
     Settings,
 )
 
-ALLOWED_FIELDS = ("fan", "mode", "threshold")
+# "step" (°C) is compressed mode's quantisation step (docs/protocol.md).
+ALLOWED_FIELDS = ("fan", "mode", "threshold", "step")
 DEFAULT_SETTINGS = Settings(fan=False, mode=Mode.SLOW, threshold=50)
 
 
@@ -28,6 +30,7 @@ class SettingsChange:
     fan: bool | None = None
     mode: Mode | None = None
     threshold: int | None = None
+    step: float | None = None
 
 
 def parse_settings_request(body: Any) -> SettingsChange:
@@ -37,14 +40,23 @@ def parse_settings_request(body: Any) -> SettingsChange:
     unknown = sorted(k for k in body if k not in ALLOWED_FIELDS)
     if unknown:
         raise SettingsError(
-            f"unknown field {unknown[0]!r}; allowed fields are fan, mode and threshold"
+            f"unknown field {unknown[0]!r}; allowed fields are fan, mode, threshold and step"
         )
     if not any(k in body for k in ALLOWED_FIELDS):
         raise SettingsError("nothing to change: give at least one of fan, mode, threshold")
     fan = _parse_fan(body["fan"]) if "fan" in body else None
     mode = _parse_mode(body["mode"]) if "mode" in body else None
     threshold = _parse_threshold(body["threshold"]) if "threshold" in body else None
-    return SettingsChange(fan=fan, mode=mode, threshold=threshold)
+    step = _parse_step(body["step"]) if "step" in body else None
+    return SettingsChange(fan=fan, mode=mode, threshold=threshold, step=step)
+
+
+def _parse_step(value: Any) -> float:
+    if not isinstance(value, bool) and isinstance(value, int | float):
+        for allowed in STEPS_C:
+            if abs(value - allowed) < 1e-9:
+                return allowed
+    raise SettingsError(f"step must be 0.1, 0.2, 0.5 or 1.0 (°C, compressed mode), got {value!r}")
 
 
 def _parse_fan(value: Any) -> bool:
@@ -54,9 +66,9 @@ def _parse_fan(value: Any) -> bool:
 
 
 def _parse_mode(value: Any) -> Mode:
-    if isinstance(value, str) and value.lower() in ("slow", "fast"):
+    if isinstance(value, str) and value.lower() in ("slow", "fast", "compressed"):
         return Mode.from_label(value.lower())
-    raise SettingsError(f"mode must be 'slow' or 'fast', got {value!r}")
+    raise SettingsError(f"mode must be 'slow', 'fast' or 'compressed', got {value!r}")
 
 
 def _parse_threshold(value: Any) -> int:
@@ -76,22 +88,33 @@ def _parse_threshold(value: Any) -> int:
 
 
 def merge_settings(current: Settings, change: SettingsChange) -> Settings:
-    """The settings after applying a partial change to the current desired settings."""
+    """The settings after applying a partial change to the current desired settings.
+
+    A step alone switches to compressed mode (only compressed mode has a step).
+    """
+    mode = current.mode if change.mode is None else change.mode
+    if change.step is not None and change.mode is None:
+        mode = Mode.COMPRESSED
     return replace(
         current,
         fan=current.fan if change.fan is None else change.fan,
-        mode=current.mode if change.mode is None else change.mode,
+        mode=mode,
         threshold=current.threshold if change.threshold is None else change.threshold,
+        step=current.step if change.step is None else change.step,
     )
 
 
 def settings_to_json(settings: Settings) -> dict[str, Any]:
-    """Settings as the API spells them: {"fan": "on", "mode": "fast", "threshold": 50}."""
-    return {
+    """Settings as the API spells them: {"fan": "on", "mode": "fast", "threshold": 50}
+    (compressed mode adds "step")."""
+    data: dict[str, Any] = {
         "fan": "on" if settings.fan else "off",
         "mode": Mode(settings.mode).label,
         "threshold": settings.threshold,
     }
+    if settings.mode is Mode.COMPRESSED:
+        data["step"] = settings.step
+    return data
 
 
 def settings_from_json(data: dict[str, Any]) -> Settings:
@@ -100,4 +123,5 @@ def settings_from_json(data: dict[str, Any]) -> Settings:
         fan=data.get("fan") == "on",
         mode=Mode.from_label(str(data.get("mode", "slow"))),
         threshold=int(data.get("threshold", DEFAULT_SETTINGS.threshold)),
+        step=float(data.get("step", DEFAULT_SETTINGS.step)),
     )
