@@ -1,5 +1,6 @@
 """`python -m bridge`: the bridge alone (pushes through the Socket.IO message queue), or
-`python -m bridge decode --port P HEX`: decode one payload and print it as JSON."""
+`python -m bridge decode --port P HEX [HEX ...]`: decode payloads and print each as JSON; given
+several compressed fragments (docs/protocol.md), a last line assembles their frame."""
 
 from __future__ import annotations
 
@@ -13,27 +14,56 @@ import threading
 from dataclasses import asdict
 from typing import Any
 
-from node_firmware.protocol import Mode, ProtocolError, decode_settings, decode_uplink
+from node_firmware.protocol import (
+    FRAME_PIXELS,
+    Fragment,
+    Mode,
+    ProtocolError,
+    decode_settings,
+    decode_uplink,
+    decompress_fragments,
+)
+
+# Fields only compressed fragments and settings have; slow and fast print as they always did.
+COMPRESSED_ONLY = ("start", "step", "last", "rice_k")
 
 
-def decode_command(port: int, hex_payload: str) -> int:
-    """Print one payload as JSON; exit 2 with a clear message when it is invalid."""
-    try:
-        payload = bytes.fromhex(hex_payload.replace(" ", "").replace(":", ""))
-    except ValueError:
-        print(f"error: {hex_payload!r} is not hexadecimal", file=sys.stderr)
-        return 2
-    try:
-        decoded: Any = decode_settings(payload) if port == 10 else decode_uplink(port, payload)
-    except ProtocolError as exc:
-        print(f"error: invalid payload on FPort {port}: {exc}", file=sys.stderr)
-        return 2
-    data = asdict(decoded)
-    data = {k: (Mode(v).label if isinstance(v, Mode) else v) for k, v in data.items()}
-    data = {"type": type(decoded).__name__, "f_port": port, **data}
-    if "pixels" in data:
-        data["pixels"] = list(data["pixels"])
-    print(json.dumps(data))
+def decode_command(port: int, hex_payload: str, *more: str) -> int:
+    """Print each payload as JSON (and the frame of several compressed fragments); exit 2
+    with a clear message when one is invalid."""
+    fragments: list[Fragment] = []
+    for text in (hex_payload, *more):
+        try:
+            payload = bytes.fromhex(text.replace(" ", "").replace(":", ""))
+        except ValueError:
+            print(f"error: {text!r} is not hexadecimal", file=sys.stderr)
+            return 2
+        try:
+            decoded: Any = decode_settings(payload) if port == 10 else decode_uplink(port, payload)
+        except ProtocolError as exc:
+            print(f"error: invalid payload on FPort {port}: {exc}", file=sys.stderr)
+            return 2
+        data = asdict(decoded)
+        data = {k: (Mode(v).label if isinstance(v, Mode) else v) for k, v in data.items()}
+        if decoded.mode is not Mode.COMPRESSED:
+            data = {k: v for k, v in data.items() if k not in COMPRESSED_ONLY}
+        data = {"type": type(decoded).__name__, "f_port": port, **data}
+        if "pixels" in data:
+            data["pixels"] = list(data["pixels"])
+        print(json.dumps(data))
+        if isinstance(decoded, Fragment) and decoded.mode is Mode.COMPRESSED:
+            fragments.append(decoded)
+    if len(fragments) > 1:
+        grid, covered = decompress_fragments(fragments)
+        frame = {
+            "type": "Frame",
+            "mode": "compressed",
+            "frame_numbers": sorted({f.frame_number for f in fragments}),
+            "complete": len(covered) == FRAME_PIXELS,
+            "coverage": len(covered) / FRAME_PIXELS,
+            "grid": [list(row) for row in grid],
+        }
+        print(json.dumps(frame))
     return 0
 
 
@@ -102,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             prog="python -m bridge decode", description="decode one payload (hex) and print JSON"
         )
         parser.add_argument("--port", type=int, required=True, help="FPort: 1, 2 or 10")
-        parser.add_argument("hex", help="payload as hex, e.g. copied from the TTN console")
+        parser.add_argument(
+            "hex", nargs="+", help="payload(s) as hex, e.g. copied from the TTN console"
+        )
         args = parser.parse_args(argv[1:])
-        return decode_command(args.port, args.hex)
+        return decode_command(args.port, *args.hex)
     parser = argparse.ArgumentParser(prog="python -m bridge", description=__doc__)
     parser.add_argument("--config", default=os.environ.get("THERMAL_CONFIG"))
     parser.add_argument("--credentials", default=os.environ.get("THERMAL_CREDENTIALS"))

@@ -1,5 +1,8 @@
 """`python -m node_firmware --config node.json`: the node's program on a Raspberry Pi.
 
+`python -m node_firmware encode --mode compressed --step 0.5 GRID.json` prints the FPort 1
+fragments of a 24 x 32 grid (a JSON list of rows, null = no data), one hex payload per line.
+
 Reads the node's own configuration (see `node.example.json`), builds the Pi drivers of `pi.py`,
 joins the LoRaWAN network and sends one uplink every `interval_s` seconds until stopped.
 `--dry-run` runs the same loop on any host with the simulated hardware and a radio that only
@@ -23,9 +26,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from node_firmware import protocol
 from node_firmware.hardware import Downlink, JsonSettingsStore, settings_from_json
 from node_firmware.node import DEFAULT_SETTINGS, Node
-from node_firmware.protocol import ProtocolError, Settings
+from node_firmware.protocol import Mode, ProtocolError, Settings
 
 log = logging.getLogger("node_firmware")
 
@@ -192,8 +196,52 @@ def run(
     return sent
 
 
+def encode_command(argv: Sequence[str]) -> int:
+    """`encode`: print the fragments of a grid file, one hex payload per line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m node_firmware encode",
+        description="Print the FPort 1 fragments of a 24 x 32 grid, one hex payload per line.",
+    )
+    parser.add_argument("--mode", choices=protocol.MODE_LABELS, default="compressed")
+    parser.add_argument(
+        "--step", type=float, default=0.1, help="compressed: 0.1 (lossless), 0.2, 0.5 or 1.0 °C"
+    )
+    parser.add_argument("--frame-number", type=int, default=0)
+    parser.add_argument("grid", help="JSON file: a list of 24 rows of 32 °C values, null = no data")
+    args = parser.parse_args(argv)
+    try:
+        grid = json.loads(Path(args.grid).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read {args.grid}: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(grid, list) or not all(
+        isinstance(row, list) and all(v is None or isinstance(v, int | float) for v in row)
+        for row in grid
+    ):
+        print("error: the grid must be a JSON list of rows of numbers or null", file=sys.stderr)
+        return 2
+    try:
+        fragments = protocol.fragment_frame(
+            grid,
+            Mode.from_label(args.mode),
+            args.frame_number,
+            fan=False,
+            ambient=None,
+            step=args.step,
+        )
+    except ProtocolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for fragment in fragments:
+        print(protocol.encode_fragment(fragment).hex().upper())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the node until SIGTERM / Ctrl-C."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "encode":
+        return encode_command(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m node_firmware", description="The thermal node's program (Raspberry Pi)."
     )

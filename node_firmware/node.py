@@ -27,6 +27,7 @@ from node_firmware.protocol import (
     SETTINGS_PORT,
     STATUS_PORT,
     Fragment,
+    IncompressibleFrameError,
     Mode,
     NodeStatus,
     ProtocolError,
@@ -116,6 +117,7 @@ class Node:
             mode=self.settings.mode,
             threshold=self.settings.threshold,
             ambient=self._read_ambient(),
+            step=self.settings.step,
         )
 
     def step(self) -> SentUplink:
@@ -148,9 +150,22 @@ class Node:
         self.frame_number = self.next_frame_number
         # PROTOCOL.md byte 0: "+1 (mod 64) for every new frame the node starts".
         self.next_frame_number = (self.next_frame_number + 1) % FRAME_NUMBER_MODULUS
-        self.pending = protocol.fragment_frame(
-            grid, Mode(self.settings.mode), self.frame_number, fan=self.fan.running, ambient=None
-        )
+        mode = Mode(self.settings.mode)
+        try:
+            self.pending = protocol.fragment_frame(
+                grid,
+                mode,
+                self.frame_number,
+                fan=self.fan.running,
+                ambient=None,
+                step=self.settings.step,
+            )
+        except IncompressibleFrameError as exc:
+            # docs/protocol.md: a frame compressed mode cannot beat goes slow, this frame only.
+            log.info("frame %d sent in slow mode: %s", self.frame_number, exc)
+            self.pending = protocol.fragment_frame(
+                grid, Mode.SLOW, self.frame_number, fan=self.fan.running, ambient=None
+            )
 
     def _read_ambient(self) -> int | None:
         value = self.ambient.read()

@@ -279,6 +279,7 @@ class SimulatedDevice:
         seed: int,
         mode: Mode,
         scene_step_s: float,
+        step: float = 0.1,
     ) -> None:
         self.device_id = device_id
         setup = random.Random(f"{seed}/{device_id}/setup")
@@ -299,7 +300,7 @@ class SimulatedDevice:
             fan=SimulatedFan(self.scene),
             radio=SimulatedRadio(simulator, self),
             store=self.store,
-            default_settings=replace(DEFAULT_SETTINGS, mode=mode),
+            default_settings=replace(DEFAULT_SETTINGS, mode=mode, step=step),
             first_frame_number=setup.randrange(64),
         )
         self.f_cnt = 0  # FCntUp: 0 for the first uplink after the join
@@ -362,6 +363,7 @@ class Simulator:
         max_attempts: int = MAX_ATTEMPTS,
         scene_step_s: float = SCENE_STEP_S,
         client_id: str | None = None,
+        step: float = 0.1,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be at least 1, got {nodes}")
@@ -384,6 +386,7 @@ class Simulator:
         self.tenant = tenant
         self.interval_s = float(interval_s)
         self.mode = Mode.from_label(mode)
+        self.step = step  # compressed mode's quantisation step, °C (docs/protocol.md)
         self.seed = seed
         self.loss = loss
         self.duplicates = duplicates
@@ -405,7 +408,7 @@ class Simulator:
         for index in range(1, nodes + 1):
             device_id = f"{device_prefix}{index}"
             self.devices[device_id] = SimulatedDevice(
-                self, device_id, index, seed, self.mode, scene_step_s
+                self, device_id, index, seed, self.mode, scene_step_s, step
             )
         self._lock = threading.RLock()  # network state: queues, counters, publishing order
         self._step_lock = threading.Lock()  # one node step at a time
@@ -1023,7 +1026,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds between two uplinks of a node (default 30; e.g. 1.0 for a demo)",
     )
-    p.add_argument("--mode", choices=("slow", "fast"), default="slow", help="initial mode")
+    p.add_argument(
+        "--mode", choices=("slow", "fast", "compressed"), default="slow", help="initial mode"
+    )
+    p.add_argument(
+        "--step",
+        type=float,
+        choices=(0.1, 0.2, 0.5, 1.0),
+        default=0.1,
+        help="compressed mode's quantisation step in °C (default 0.1: lossless)",
+    )
     p.add_argument("--loss", type=_probability, default=0.0, help="uplink loss chance")
     p.add_argument("--duplicates", type=_probability, default=0.0, help="duplicate chance")
     p.add_argument("--reorder", type=_probability, default=0.0, help="reorder chance")
@@ -1072,6 +1084,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nodes=args.nodes,
         interval_s=args.interval,
         mode=args.mode,
+        step=args.step,
         seed=args.seed,
         loss=args.loss,
         duplicates=args.duplicates,
