@@ -32,6 +32,7 @@
     form: T.$("settings-form"),
     fanSelect: T.$("fan-select"),
     modeSelect: T.$("mode-select"),
+    stepSelect: T.$("step-select"),
     thresholdInput: T.$("threshold-input"),
     submit: T.$("submit-settings"),
     settingsError: T.$("settings-error"),
@@ -78,7 +79,9 @@
     let fan = s.fan || "—";
     if (s.fan_requested && s.fan_requested !== s.fan) fan = `${s.fan || "?"} (requested ${s.fan_requested})`;
     T.setText(ui.fan, fan);
-    T.setText(ui.mode, s.mode || (state.live && state.live.mode) || "—");
+    let modeText = s.mode || (state.live && state.live.mode) || "—";
+    if (s.mode === "compressed" && T.isNumber(s.step)) modeText = `compressed (${s.step} °C)`;
+    T.setText(ui.mode, modeText);
     T.setText(ui.threshold, T.isNumber(s.threshold) ? `${s.threshold} °C` : "—");
     fillForm();
   }
@@ -93,6 +96,8 @@
     const threshold = T.isNumber(desired.threshold) ? desired.threshold : s.threshold;
     if (fan) ui.fanSelect.value = fan;
     if (mode) ui.modeSelect.value = mode;
+    const step = T.isNumber(desired.step) ? desired.step : s.step;
+    if (T.isNumber(step)) ui.stepSelect.value = String(step);
     if (T.isNumber(threshold)) ui.thresholdInput.value = String(threshold);
   }
 
@@ -463,6 +468,7 @@
     const parts = [];
     if (settings.fan) parts.push(`fan ${settings.fan}`);
     if (settings.mode) parts.push(`mode ${settings.mode}`);
+    if (T.isNumber(settings.step)) parts.push(`step ${settings.step} °C`);
     if (T.isNumber(settings.threshold)) parts.push(`threshold ${settings.threshold} °C`);
     return parts.join(" · ");
   }
@@ -502,6 +508,7 @@
 
   function formRequest() {
     const body = { fan: ui.fanSelect.value, mode: ui.modeSelect.value };
+    if (body.mode === "compressed") body.step = Number(ui.stepSelect.value);
     const raw = ui.thresholdInput.value.trim();
     if (raw !== "") {
       const number = Number(raw);
@@ -584,7 +591,7 @@
     }
   }
 
-  for (const input of [ui.fanSelect, ui.modeSelect, ui.thresholdInput]) {
+  for (const input of [ui.fanSelect, ui.modeSelect, ui.stepSelect, ui.thresholdInput]) {
     input.addEventListener("input", () => {
       state.formTouched = true;
     });

@@ -1,0 +1,106 @@
+"""Compressed mode end to end (docs/protocol.md): simulator → Mosquitto → bridge → MariaDB →
+Socket.IO, and a settings change to compressed at 0.5 °C applied by a node in fast mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from bridge.config import MqttConfig
+from node_firmware.protocol import Mode
+from node_firmware.simulator import Simulator
+from tests.test_end_to_end import wait_for
+from tests.ttn_messages import APP_ID, TENANT
+from tests.webapp.fixtures import make_config
+from webapp import create_app, socketio
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def compressed_system(mqtt_broker: Any, mysql_url: str) -> Iterator[tuple[Flask, Simulator]]:
+    config = make_config(mysql_url, frame_timeout_s=600).with_overrides(
+        mqtt=MqttConfig(
+            host=mqtt_broker.host,
+            port=mqtt_broker.port,
+            app_id=APP_ID,
+            tenant=TENANT,
+            client_id="e2e-compressed-bridge",
+        )
+    )
+    app = create_app(config, start_bridge=True)
+    app.config["TESTING"] = True
+    runtime = app.extensions["thermal"]
+    wait_for(runtime.mqtt.connected.is_set, what="the bridge to subscribe")
+    simulator = Simulator(
+        host=mqtt_broker.host,
+        port=mqtt_broker.port,
+        app_id=APP_ID,
+        tenant=TENANT,
+        nodes=2,
+        interval_s=0.05,
+        mode="compressed",
+        step=0.2,
+        seed=11,
+        device_prefix="cnode",
+    )
+    simulator.start()
+    yield app, simulator
+    simulator.stop()
+    runtime.stop()
+    runtime.store.engine.dispose()
+
+
+def test_compressed_frames_reach_a_socket_client_whole(
+    compressed_system: tuple[Flask, Simulator],
+) -> None:
+    app, simulator = compressed_system
+    client = socketio.test_client(app)
+    client.emit("subscribe", {"devices": "*"})
+    received: list[dict[str, Any]] = []
+
+    def frames_of(device: str) -> list[dict[str, Any]]:
+        received.extend(client.get_received())
+        return [
+            r["args"][0]
+            for r in received
+            if r["name"] == "frame"
+            and r["args"][0]["device_id"] == device
+            and r["args"][0]["complete"]
+        ]
+
+    for device in ("cnode1", "cnode2"):
+        frame = wait_for(lambda d=device: frames_of(d), what=f"a compressed frame of {device}")[0]
+        assert frame["mode"] == "compressed" and frame["coverage"] == 1.0
+        assert frame["image"].startswith(b"\x89PNG")
+        stored = app.test_client().get(f"/api/frames/{frame['frame_id']}").get_json()
+        grid = stored["grid"]
+        assert len(grid) == 24 and all(len(row) == 32 for row in grid)
+        values = [v for row in grid for v in row if v is not None]
+        assert len(values) >= 767  # at most one dead pixel
+        # Step 0.2 °C: every value is a multiple of 0.2 °C.
+        assert all(abs(v * 5 - round(v * 5)) < 1e-6 for v in values)
+        assert min(values) > 15 and max(values) < 90
+
+    http = app.test_client()
+    answer = http.post("/api/devices/cnode1/settings", json={"mode": "compressed", "step": 0.5})
+    assert answer.status_code == 202, answer.get_json()
+    assert answer.get_json()["settings"]["step"] == 0.5
+
+    def statuses() -> list[str]:
+        received.extend(client.get_received())
+        return [
+            r["args"][0]["status"]
+            for r in received
+            if r["name"] == "downlink" and r["args"][0]["device_id"] == "cnode1"
+        ]
+
+    wait_for(lambda: "applied" in statuses(), what="the compressed settings to be applied")
+    node = simulator.nodes["cnode1"]
+    assert node.settings.mode is Mode.COMPRESSED and node.settings.step == 0.5
+    device = app.test_client().get("/api/devices/cnode1").get_json()
+    assert device["mode"] == "compressed" and device["step"] == 0.5
+    assert device["pending_downlink"] is None
