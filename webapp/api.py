@@ -27,6 +27,7 @@ bp = Blueprint("api", __name__)
 
 MAX_LIMIT = 1000
 MAX_BINS = 200
+MAX_ID = 2**63 - 1  # BIGINT
 INTERVALS = {
     "past_minute": timedelta(minutes=1),
     "past_hour": timedelta(hours=1),
@@ -75,7 +76,13 @@ def _http_error(exc: HTTPException) -> Response | HTTPException:
             405: f"method {request.method} is not allowed here",
             413: f"the body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes",
         }
-        return error_response(exc.code or 500, messages.get(exc.code or 0, exc.description or ""))
+        response = error_response(
+            exc.code or 500, messages.get(exc.code or 0, exc.description or "")
+        )
+        for name, value in exc.get_headers():  # e.g. the Allow of a 405 (RFC 9110 15.5.6)
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response
     return exc
 
 
@@ -263,7 +270,14 @@ def device_frames(device_id: str) -> Response:
     return jsonify({"device_id": device_id, "frames": [ann.frame_meta(f) for f in frames]})
 
 
+def _frame_id_in_range(frame_id: int) -> None:
+    # The id column is a signed 64-bit integer: a larger id is unknown, not a database error.
+    if frame_id > MAX_ID:
+        fail(404, f"unknown frame {frame_id}")
+
+
 def _frame_or_404(frame_id: int) -> Any:
+    _frame_id_in_range(frame_id)
     frame = _store().frame(frame_id)
     if frame is None:
         fail(404, f"unknown frame {frame_id}")
@@ -289,6 +303,7 @@ def get_frame(frame_id: int) -> Response:
 @bp.get("/api/frames/<int:frame_id>.png")
 def frame_png(frame_id: int) -> Response:
     """The stored heatmap."""
+    _frame_id_in_range(frame_id)
     png = _store().frame_png(frame_id)
     if png is None:
         fail(404, f"unknown frame {frame_id}")

@@ -187,7 +187,12 @@ def document() -> dict[str, Any]:
                 "summary": "The original server's route: settings for the default node",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": settings_body}},
+                    # The old clients' route ignores keys it does not know.
+                    "content": {
+                        "application/json": {
+                            "schema": {**settings_body, "additionalProperties": True}
+                        }
+                    },
                 },
                 "responses": {
                     "200": _json(obj, '{"success": true}'),
