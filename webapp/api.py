@@ -118,6 +118,11 @@ def _store() -> Store:
     return current_app.extensions["thermal"].store
 
 
+def _shown(value: str, limit: int = 40) -> str:
+    """A client's value quoted in an error message, cut short: errors stay small."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "…"
+
+
 def _token() -> str | None:
     return bearer(request.headers.get("Authorization"))
 
@@ -146,7 +151,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        fail(400, f"{name} must be an integer from {low} to {high}, got {raw!r}")
+        fail(400, f"{name} must be an integer from {low} to {high}, got {_shown(raw)}")
     if not low <= value <= high:
         fail(400, f"{name} must be from {low} to {high}, got {value}")
     return value
@@ -159,13 +164,15 @@ def _time_arg(name: str) -> datetime | None:
     try:
         return parse_time(raw)
     except ValueError:
-        fail(400, f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z, got {raw!r}")
+        fail(
+            400, f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z, got {_shown(raw)}"
+        )
 
 
 def _device_or_404(device_id: str) -> DeviceRecord:
     device = _store().device(device_id)
     if device is None:
-        fail(404, f"unknown device {device_id!r}")
+        fail(404, f"unknown device {_shown(device_id)}")
     return device
 
 
@@ -221,11 +228,11 @@ def list_devices() -> Response:
     store = _store()
     order = request.args.get("order", "device_id")
     if order not in ("device_id", "temp_max", "last_seen"):
-        fail(400, f"order must be device_id, temp_max or last_seen, got {order!r}")
+        fail(400, f"order must be device_id, temp_max or last_seen, got {_shown(order)}")
     limit = _int_arg("limit", MAX_LIMIT, 1, MAX_LIMIT)
     interval = request.args.get("interval", "all_time")
     if interval not in INTERVALS:
-        fail(400, f"interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
+        fail(400, f"interval must be one of {', '.join(INTERVALS)}, got {_shown(interval)}")
     alarms = store.alarms(active=True, limit=MAX_LIMIT)
     if order == "temp_max":
         span = INTERVALS[interval]
@@ -384,10 +391,18 @@ def device_ambient(device_id: str) -> Response:
     )
 
 
+def _parsed_json() -> Any:
+    """The JSON body, or None when it is not JSON; 400 when it nests too deeply to parse."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:  # e.g. 60 KiB of "[": json raises this, not a ValueError
+        fail(400, "the body is nested too deeply")
+
+
 def _json_body() -> Any:
     if not request.is_json:
         fail(415, "send the body as JSON with Content-Type: application/json")
-    body = request.get_json(silent=True)
+    body = _parsed_json()
     if body is None:
         fail(400, "the body is not valid JSON")
     return body
@@ -434,7 +449,7 @@ def list_alarms() -> Response:
     """Alarms, newest first; ?active=true for the current ones."""
     raw = request.args.get("active")
     if raw not in (None, "true", "false"):
-        fail(400, f"active must be true or false, got {raw!r}")
+        fail(400, f"active must be true or false, got {_shown(raw)}")
     active = None if raw is None else raw == "true"
     device_id = request.args.get("device_id")
     limit = _int_arg("limit", 200, 1, MAX_LIMIT)
@@ -448,7 +463,10 @@ def legacy_request() -> tuple[Response, int]:
     config = _config()
     if config.api_tokens and not can_write(config, _token()):
         return jsonify({"success": False, "msg": "a valid bearer token is required"}), 401
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        body = None
     if body is None:
         return jsonify({"success": False, "msg": "send a JSON body with fan, mode, threshold"}), 400
     device_id = config.default_device
