@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +24,7 @@ from node_firmware.simulator import Simulator, StorageIntegrationServer
 from tests.ttn_messages import APP_ID, TENANT
 
 KEY = "NNSXS.SIMULATOR-STORAGE-KEY"
+ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 
 
@@ -117,3 +125,58 @@ def test_the_bridge_client_reports_a_wrong_key_as_http_401(
     other_app = StorageIntegration(server.url, "someone-else", Secret(KEY))
     with pytest.raises(BackfillError, match="HTTP 404"):
         other_app.fetch(T0)
+
+
+@pytest.mark.integration
+def test_the_command_line_serves_it_with_the_configured_key(
+    mqtt_broker: Any, tmp_path: Path
+) -> None:
+    creds = tmp_path / "credentials.json"
+    creds.write_text(json.dumps({"mqtt": {"password": KEY}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THERMAL_")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = tmp_path / "sim.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "node_firmware.simulator",
+                "--credentials",
+                str(creds),
+                "--host",
+                mqtt_broker.host,
+                "--port",
+                str(mqtt_broker.port),
+                "--app-id",
+                APP_ID,
+                "--nodes",
+                "1",
+                "--interval",
+                "0.05",
+                "--storage-port",
+                "0",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        found = None
+        while found is None and time.monotonic() < deadline and proc.poll() is None:
+            found = re.search(r"storage integration on (http://\S+)", out.read_text())
+            time.sleep(0.05)
+        assert found, out.read_text()
+        client = StorageIntegration(found.group(1), APP_ID, Secret(KEY))
+        since = datetime.now(UTC) - timedelta(hours=1)  # the simulator stamps wall time
+        page: list[Any] = []
+        while not page and time.monotonic() < deadline:
+            page = client.fetch(since)
+        assert page and parse_message(page[0][0]).device_id == "node1"
+        with pytest.raises(BackfillError, match="HTTP 401"):
+            StorageIntegration(found.group(1), APP_ID, Secret("wrong")).fetch(since)
+    finally:
+        proc.terminate()
+        proc.wait(20)
