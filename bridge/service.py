@@ -40,7 +40,7 @@ from bridge.ttn import (
     parse_message,
 )
 from db.gridpack import pack_grid
-from db.store import DeviceRecord, FrameRecord, StorageUnavailable, Store, Tx
+from db.store import AlarmRecord, DeviceRecord, FrameRecord, StorageUnavailable, Store, Tx
 from imaging.heatmap import grid_stats, render_heatmap
 from node_firmware.protocol import (
     Fragment,
@@ -405,8 +405,11 @@ class Bridge:
                 self.config.non_uniform_spread_c,
             ),
         )
+        known = tx.active_alarms(device.device_id)  # one query for both kinds
         for kind, active, value, limit in conditions:
-            out += self._set_alarm(tx, device.device_id, kind, active, value, limit, at)
+            out += self._set_alarm(
+                tx, device.device_id, kind, active, value, limit, at, known=known
+            )
         return out
 
     def _set_alarm(
@@ -418,8 +421,9 @@ class Bridge:
         value: float | None,
         limit: float | None,
         at: datetime,
+        known: dict[str, AlarmRecord] | None = None,
     ) -> list[Announcement]:
-        current = tx.active_alarm(device_id, kind)
+        current = known.get(kind) if known is not None else tx.active_alarm(device_id, kind)
         if active and current is None:
             record = tx.open_alarm(device_id, kind, value, limit, at)
             log.warning("alarm %s opened for %s: %s (limit %s)", kind, device_id, value, limit)

@@ -62,14 +62,29 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_pre_ping=True,
         pool_recycle=3600,
         pool_size=10,
         max_overflow=20,
         connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+        pool_reset_on_return=None,  # _reset_mysql below decides
     )
+
+    @event.listens_for(engine, "reset")
+    def _reset_mysql(dbapi_conn: Any, _record: Any, state: Any) -> None:
+        # SQLAlchemy's default sends a ROLLBACK on every return to the pool, even right after a
+        # COMMIT: a round trip per bridge transaction. Roll back only when the server's latest
+        # reply says a transaction is still open (or we cannot tell).
+        status = getattr(dbapi_conn, "server_status", None)
+        if state.asyncio_safe and (status is None or status & _SERVER_STATUS_IN_TRANS):
+            dbapi_conn.rollback()
+
+    return engine
+
+
+_SERVER_STATUS_IN_TRANS = 1  # MySQL protocol: SERVER_STATUS_IN_TRANS in OK / EOF packets
 
 
 # --- records returned to callers ----------------------------------------------------------
@@ -263,6 +278,21 @@ def _alarm(row: Any) -> AlarmRecord:
 # --- writes inside one transaction --------------------------------------------------------
 
 
+def _insert_unless_present(conn: Connection, table: Any, values: dict[str, Any]) -> None:
+    """One INSERT that leaves the row alone if a unique key already holds it (no other error
+    is hidden): ON DUPLICATE KEY UPDATE of the key to itself on MySQL/MariaDB, ON CONFLICT DO
+    NOTHING on SQLite."""
+    if conn.dialect.name in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        key = next(iter(table.primary_key.columns))
+        conn.execute(mysql_insert(table).values(**values).on_duplicate_key_update({key: key}))
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        conn.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())
+
+
 class Tx:
     """The writes (and the reads they need) of one transaction."""
 
@@ -313,18 +343,8 @@ class Tx:
 
     def add_open_fragment(self, values: dict[str, Any]) -> None:
         """Persist a fragment of an open frame unless it is already there."""
-        c = t.open_fragments.c
-        exists = self.conn.execute(
-            select(c.id).where(
-                c.device_id == values["device_id"],
-                c.mode == values["mode"],
-                c.frame_number == values["frame_number"],
-                c.opened_at == values["opened_at"],
-                c.fragment_index == values["fragment_index"],
-            )
-        ).first()
-        if exists is None:
-            self.conn.execute(insert(t.open_fragments).values(**values))
+        # One statement, not SELECT then INSERT: uq_open_fragment decides.
+        _insert_unless_present(self.conn, t.open_fragments, values)
 
     def close_open_fragments(
         self, device_id: str, mode: str, frame_number: int, opened_at: datetime
@@ -482,6 +502,14 @@ class Tx:
             select(t.alarms).where(c.device_id == device_id, c.kind == kind, c.active.is_(True))
         ).first()
         return None if row is None else _alarm(row)
+
+    def active_alarms(self, device_id: str) -> dict[str, AlarmRecord]:
+        """The open alarms of a device by kind (one query for every kind)."""
+        c = t.alarms.c
+        rows = self.conn.execute(
+            select(t.alarms).where(c.device_id == device_id, c.active.is_(True))
+        ).all()
+        return {row.kind: _alarm(row) for row in rows}
 
     def open_alarm(
         self, device_id: str, kind: str, value: float | None, limit: float | None, at: datetime
