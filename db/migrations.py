@@ -60,8 +60,32 @@ def current_version(conn: Connection) -> int:
     return max(versions, default=0)
 
 
+SCHEMA_LOCK = "thermal_bridge_schema"
+SCHEMA_LOCK_TIMEOUT_S = 120
+
+
 def upgrade(engine: Engine) -> int:
-    """Apply every missing migration; return the resulting version. Idempotent."""
+    """Apply every missing migration; return the resulting version. Idempotent.
+
+    On MySQL/MariaDB a named lock serialises processes that start together (a webapp and a
+    separate bridge), so one migrates while the other waits and then finds nothing to do.
+    """
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        return _upgrade(engine)
+    with engine.connect() as lock:
+        got = lock.execute(
+            text("SELECT GET_LOCK(:name, :timeout)"),
+            {"name": SCHEMA_LOCK, "timeout": SCHEMA_LOCK_TIMEOUT_S},
+        ).scalar()
+        if got != 1:
+            raise RuntimeError(f"could not take the schema lock {SCHEMA_LOCK!r} to migrate")
+        try:
+            return _upgrade(engine)
+        finally:
+            lock.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": SCHEMA_LOCK})
+
+
+def _upgrade(engine: Engine) -> int:
     with engine.begin() as conn:
         schema.schema_version.create(conn, checkfirst=True)
         version = current_version(conn)

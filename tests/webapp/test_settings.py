@@ -31,7 +31,7 @@ def test_any_subset_is_accepted() -> None:
         ([], "JSON object"),
         ({"fan": "yes"}, "fan must be 'on' or 'off'"),
         ({"fan": True}, "fan must be 'on' or 'off'"),
-        ({"mode": "turbo"}, "mode must be 'slow' or 'fast'"),
+        ({"mode": "turbo"}, "mode must be 'slow', 'fast' or 'compressed'"),
         ({"threshold": 151}, "threshold must be from -40 to 150"),
         ({"threshold": -41}, "threshold must be from -40 to 150"),
         ({"threshold": "50"}, "threshold must be an integer"),
