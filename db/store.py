@@ -286,11 +286,11 @@ def _insert_unless_present(conn: Connection, table: Any, values: dict[str, Any])
         from sqlalchemy.dialects.mysql import insert as mysql_insert
 
         key = next(iter(table.primary_key.columns))
-        conn.execute(mysql_insert(table).values(**values).on_duplicate_key_update({key: key}))
+        conn.execute(mysql_insert(table).on_duplicate_key_update({key: key}), values)
     else:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        conn.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())
+        conn.execute(sqlite_insert(table).on_conflict_do_nothing(), values)
 
 
 class Tx:
@@ -310,7 +310,8 @@ class Tx:
 
     def record_uplink(self, values: dict[str, Any]) -> None:
         """Append to the uplink log (the caller checked uplink_seen first)."""
-        self.conn.execute(insert(t.uplinks).values(**values))
+        # Parameters passed to execute, not .values(): no per-value SQL construct to build.
+        self.conn.execute(insert(t.uplinks), values)
 
     def device_for_update(self, device_id: str, now: datetime) -> DeviceRecord:
         """The device row, created if new, locked for this transaction on MySQL."""
@@ -378,7 +379,7 @@ class Tx:
             )
         ).first()
         if row is None:
-            result = self.conn.execute(insert(t.frames).values(**values))
+            result = self.conn.execute(insert(t.frames), values)
             return int(result.inserted_primary_key[0]), True
         old_mask = int(row.received_mask)
         new_mask = int(values["received_mask"])
