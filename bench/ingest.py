@@ -11,11 +11,13 @@ slow frames (24 fragments), half fast frames (2). The bridge runs as operators r
 push server under gunicorn (eventlet worker by default), with a throw-away MariaDB; a Socket.IO
 client (websocket) is subscribed to every device ("*") and notes when each frame arrives.
 
-Three measurements, in one run against the same broker:
+Four measurements, in one run against the same broker and database server:
 
 1. ceiling: a bare paho subscriber (QoS 1, the bridge's topic filter) drains the same kind of
    stream published as fast as the publisher can; that is what the broker and one paho client
    can carry, the upper bound for any bridge written with paho;
+   then `Bridge.handle_message` called in the benchmark's own process on the same stream (the
+   bridge and MariaDB without MQTT, Socket.IO or gunicorn): what the service itself costs;
 2. latency at a fixed offered rate (default 300 uplinks/s): uplink → client latency is the time
    from publishing the uplink that completes a frame to the `frame` event at the client;
 3. saturation: a burst published as fast as possible; the sustained rate is uplinks stored
@@ -92,6 +94,35 @@ def ceiling(broker: MosquittoServer, devices: int, uplinks: int) -> dict[str, fl
         "uplinks": len(got),
         "rate": len(got) / (got[-1] - report["started"]),
         "publish_rate": len(messages) / (report["acked"] - report["started"]),
+    }
+
+
+def bridge_alone(mariadb: MariaDBServer, devices: int, uplinks: int) -> dict[str, float]:
+    """`Bridge.handle_message` called in this process on the same kind of stream: the bridge
+    and MariaDB without MQTT, Socket.IO or gunicorn (what the service itself costs)."""
+    from bridge.service import Bridge
+    from db.migrations import upgrade
+    from db.store import Store
+    from tests.bridge.harness import bridge_config
+
+    url = mariadb.fresh_database("bench_alone")
+    store = Store.from_url(url)
+    upgrade(store.engine)
+    bridge = Bridge(bridge_config("127.0.0.1", 1883, url), store, lambda *_a: None)
+    messages = stream("alone", devices, uplinks + 300, 1000.0, now_utc())
+    for message in messages[:300]:  # warm-up: devices created, caches filled
+        bridge.handle_message(message.body)
+    warm_frames = bridge.metrics["frames_complete"]
+    began = time.perf_counter()
+    for message in messages[300:]:
+        bridge.handle_message(message.body)
+    elapsed = time.perf_counter() - began
+    store.engine.dispose()
+    frames = bridge.metrics["frames_complete"] - warm_frames
+    return {
+        "uplinks": len(messages) - 300,
+        "rate": (len(messages) - 300) / elapsed,
+        "frames": frames,
     }
 
 
@@ -262,6 +293,8 @@ def main() -> int:
     try:
         print("ceiling: bare paho subscriber ...", flush=True)
         top = ceiling(broker, args.devices, args.burst)
+        print("the bridge alone, in process ...", flush=True)
+        alone = bridge_alone(mariadb, args.devices, 1500 if args.quick else 3000)
         port = free_port()
         server = Server(
             gunicorn_args(args.worker, port),
@@ -313,7 +346,18 @@ def main() -> int:
             "—",
             "—",
             "—",
-        ]
+        ],
+        [
+            "Bridge.handle_message in process (no MQTT, no push)",
+            f"{alone['uplinks']:,}",
+            "—",
+            f"{alone['rate']:,.0f}",
+            f"{alone['frames'] / (alone['uplinks'] / alone['rate']):,.1f}",
+            "—",
+            "—",
+            "—",
+            "—",
+        ],
     ]
     for name, r in (
         (f"bridge at {args.rate:.0f}/s offered", fixed),
@@ -351,7 +395,8 @@ def main() -> int:
     verdict = "\n".join(
         [
             f"- sustained: {burst['rate']:,.0f} uplinks/s, {burst['rate'] / top['rate']:.2f} of "
-            f"the bare-paho ceiling ({top['rate']:,.0f}/s); "
+            f"the bare-paho ceiling ({top['rate']:,.0f}/s), "
+            f"{burst['rate'] / alone['rate']:.2f} of the bridge alone ({alone['rate']:,.0f}/s); "
             + (
                 f"meets the {TARGET_RATE:,}/s target"
                 if meets_rate
