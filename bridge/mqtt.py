@@ -145,6 +145,10 @@ class MqttAdapter:
         failed = [r for r in reasons if r.is_failure]
         if failed:
             log.error("the broker refused a subscription: %s", failed)
+        else:
+            # Only from here on does the broker route uplinks to us (or keep them for our
+            # persistent session); tests and operators wait for this line.
+            log.info("the broker confirmed the subscriptions")
         self.connected.set()
 
     def _on_disconnect(

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,9 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited:\n{self.log.read_text()[-3000:]}")
             try:
-                if requests.get(f"http://127.0.0.1:{self.port}/api/health", timeout=1).ok:
+                health = requests.get(f"http://127.0.0.1:{self.port}/api/health", timeout=1)
+                # "connected" is set on SUBACK: before it, a published uplink could be missed.
+                if health.ok and health.json()["mqtt"] != "disconnected":
                     return
             except requests.RequestException:
                 pass
@@ -100,6 +103,17 @@ def gunicorn(worker: str, port: int) -> list[str]:
     else:
         args += ["-k", "gthread", "--threads", "50"]
     return [*args, "webapp:create_app()"]
+
+
+def wait_for_line(log: Path, text: str, timeout_s: float = WAIT_S) -> None:
+    """Wait until a subprocess's log file contains text."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+    raise AssertionError(f"{text!r} never appeared in {log.name}:\n{tail}")
 
 
 def watch_frames(port: int) -> tuple[Any, list[dict[str, Any]], threading.Event]:
@@ -180,6 +194,9 @@ def test_separate_bridge_process_pushes_through_redis(
     bridge = Server([sys.executable, "-m", "bridge"], env, None, tmp_path / "bridge.log")
     try:
         web.wait_ready()
+        # The bridge's first connection has no session yet: an uplink published before its
+        # subscriptions are confirmed would never reach it.
+        wait_for_line(tmp_path / "bridge.log", "the broker confirmed the subscriptions")
         health = requests.get(f"http://127.0.0.1:{port}/api/health", timeout=5).json()
         assert health["mqtt"] == "not running in this process"
         publish_frame_and_settings(mqtt_broker, port)
