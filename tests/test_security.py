@@ -203,6 +203,7 @@ def test_no_secret_reaches_logs_errors_or_responses(
 
         wait_for(lambda: len(frames()) >= 4, what="frames pushed to the read-token socket")
         wait_for(lambda: storage.requests[200] >= 1, what="a backfill with the storage key")
+        wait_for(lambda: runtime.bridge.backfiller.fetched > 0, what="the backfill to finish")
         assert storage.requests[401] == 0
 
         # Reads: refused without or with a wrong token, served with either token.
