@@ -52,10 +52,15 @@ class SettingsOutcome:
     downlink: DownlinkRecord | None
 
 
-def desired_settings(device: DeviceRecord) -> Settings:
-    """The settings the user wants now: requested, else reported by the node, else defaults."""
+def desired_settings(device: DeviceRecord, seen_mode: str | None = None) -> Settings:
+    """The settings the user wants now: requested, else reported by the node, else (for the
+    mode) the mode its latest frame came in, else defaults.
+
+    `seen_mode` matters when the node's status uplink was lost: without it a request for the
+    fan alone would also switch a fast-mode node to the default slow mode.
+    """
     fan = device.desired_fan if device.desired_fan is not None else device.reported_fan
-    mode = device.desired_mode or device.reported_mode
+    mode = device.desired_mode or device.reported_mode or seen_mode
     threshold = (
         device.desired_threshold
         if device.desired_threshold is not None
@@ -95,7 +100,8 @@ class Downlinks:
         superseded: list[DownlinkRecord] = []
         with self.store.transaction() as tx:
             device = tx.device_for_update(device_id, now)
-            current = desired_settings(device)
+            seen_mode = None if device.reported_mode else tx.latest_frame_mode(device_id)
+            current = desired_settings(device, seen_mode)
             wanted = merge_settings(current, change)
             if wanted == current:
                 return SettingsOutcome("unchanged", current, None)

@@ -410,6 +410,16 @@ class Tx:
         ).first()
         return None if row is None else AmbientRecord(row.device_id, row.at, row.temperature)
 
+    def latest_frame_mode(self, device_id: str) -> str | None:
+        """The mode of a device's newest frame: what its fragments last said it runs in."""
+        c = t.frames.c
+        return self.conn.execute(
+            select(c.mode)
+            .where(c.device_id == device_id)
+            .order_by(c.first_received_at.desc())
+            .limit(1)
+        ).scalar()
+
     # downlinks
 
     def create_downlink(self, values: dict[str, Any]) -> int:

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from node_firmware.protocol import Mode, NodeStatus, Settings, decode_settings, encode_status
+from node_firmware.protocol import (
+    Mode,
+    NodeStatus,
+    Settings,
+    decode_settings,
+    encode_fragment,
+    encode_status,
+    fragment_frame,
+)
 from tests.bridge.harness import BridgeHarness, Publisher, bridge_config
 from tests.ttn_messages import APP_ID, at_seconds, downlink_event, topic, uplink
 from webapp.settings import SettingsChange
@@ -142,3 +150,23 @@ def test_newer_request_supersedes_the_pending_one(
 def test_same_settings_again_is_unchanged(harness: BridgeHarness) -> None:
     outcome = request(harness, threshold=50, fan=False)
     assert outcome.status == "unchanged" and outcome.downlink is None
+
+
+def test_fan_request_keeps_the_mode_the_node_sends_in_when_its_status_was_lost(
+    harness: BridgeHarness, publisher: Publisher
+) -> None:
+    # node7's boot status uplink was lost: the bridge knows its mode only from its fragments.
+    grid: list[list[float | None]] = [[20.0 + c / 10 for c in range(32)] for _ in range(24)]
+    fragments = fragment_frame(grid, Mode.FAST, 3, fan=False, ambient=21)
+    for i, fragment in enumerate(fragments):
+        body = uplink("node7", i + 1, encode_fragment(fragment), at_seconds(1 + i))
+        publisher.publish(topic("node7"), body)
+    harness.wait_handled(1 + len(fragments))
+
+    outcome = harness.bridge.downlinks.request("node7", SettingsChange(fan=True), datetime.now(UTC))
+    harness.bridge.publish_now()
+
+    assert outcome.status == "queued"
+    item = json.loads(publisher.wait_received(1)[0][1])["downlinks"][0]
+    sent = decode_settings(base64.b64decode(item["frm_payload"]))
+    assert sent == Settings(True, Mode.FAST, 50), "the fan changes, the mode stays fast"
