@@ -34,7 +34,7 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not browser"
 
-# Every benchmark in turn (about 15 minutes on 2 cores), each appending to BENCHMARKS.md;
+# Every benchmark in turn (about 10 minutes on 2 cores), each appending to BENCHMARKS.md;
 # BENCH_ARGS=--quick for a short smoke run of each that records nothing.
 bench: $(STAMP)
 	$(BIN)/python bench/core.py $(BENCH_ARGS)
@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/fanout.py $(BENCH_ARGS)
 	$(BIN)/python bench/storage.py $(BENCH_ARGS)
 	$(BIN)/python bench/bridge.py $(BENCH_ARGS)
+	$(BIN)/python bench/compression.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
