@@ -118,6 +118,13 @@ RestoreEntry = tuple[str, Fragment, datetime, datetime]
 """(device_id, fragment, received_at, opened_at) of a persisted fragment."""
 
 
+def _device_of(event: Event) -> str:
+    """The device an event is about."""
+    if isinstance(event, FragmentAccepted | DuplicateFragment):
+        return event.device_id
+    return event.frame.device_id
+
+
 @dataclass(slots=True)
 class _Assembly:
     """The mutable state of one frame."""
@@ -282,6 +289,22 @@ class Reassembler:
         A frame found complete is closed at once; its event comes out of the next `expire`.
         """
         reassembler = cls(frame_timeout_s, late_memory)
+        reassembler._load(entries)
+        return reassembler
+
+    def resync(self, device_id: str, entries: Iterable[RestoreEntry]) -> None:
+        """Replace one device's open frames with those rebuilt from its persisted fragments.
+
+        For a second writer (another bridge on the same database): the stored fragments are
+        the truth, so a frame the other writer opened, extended or closed is seen as it is.
+        Other devices and the memory of recently closed frames are kept.
+        """
+        self._open.pop(device_id, None)
+        self._pending = [e for e in self._pending if _device_of(e) != device_id]
+        self._load(entry for entry in entries if entry[0] == device_id)
+
+    def _load(self, entries: Iterable[RestoreEntry]) -> None:
+        """Group persisted fragments into open frames; close the complete ones (pending)."""
         groups: dict[tuple[str, Mode, int, datetime], _Assembly] = {}
         for device_id, fragment, received_at, opened_at in entries:
             key = (device_id, fragment.mode, fragment.frame_number, opened_at)
@@ -292,11 +315,10 @@ class Reassembler:
             if fragment.index not in assembly.fragments:
                 assembly.add(fragment, received_at)
         for assembly in sorted(groups.values(), key=lambda a: a.opened_at):
-            reassembler._open.setdefault(assembly.device_id, []).append(assembly)
+            self._open.setdefault(assembly.device_id, []).append(assembly)
         for assembly in list(groups.values()):
-            if assembly.complete and assembly in reassembler._open[assembly.device_id]:
-                reassembler._pending += reassembler._close(assembly, None)
-        return reassembler
+            if assembly.complete and assembly in self._open[assembly.device_id]:
+                self._pending += self._close(assembly, None)
 
     # --- internals -----------------------------------------------------------------------
 

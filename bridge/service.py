@@ -30,6 +30,7 @@ from bridge.reassembly import (
     FramePartial,
     FrameUpdated,
     Reassembler,
+    RestoreEntry,
 )
 from bridge.ttn import (
     DownlinkEvent,
@@ -40,7 +41,15 @@ from bridge.ttn import (
     parse_message,
 )
 from db.gridpack import pack_grid
-from db.store import AlarmRecord, DeviceRecord, FrameRecord, StorageUnavailable, Store, Tx
+from db.store import (
+    AlarmRecord,
+    DeviceRecord,
+    FrameRecord,
+    StorageUnavailable,
+    Store,
+    StoredFragment,
+    Tx,
+)
 from imaging.heatmap import grid_stats, render_heatmap
 from node_firmware.protocol import (
     Fragment,
@@ -90,6 +99,10 @@ class Bridge:
         self.downlinks = Downlinks(config, store, announce)
         self.metrics: Counter[str] = Counter()
         self._reassembler: Reassembler | None = None
+        # Per device, its uplink count as this process last wrote it. A different count under
+        # the device's row lock means another writer (a second bridge started by mistake) has
+        # stored uplinks since: the open frames are then re-read from the database.
+        self._known_uplinks: dict[str, int] = {}
         self._ambient: dict[str, _AmbientSeen] = {}
         self._lock = threading.RLock()
         self._last_prune: datetime | None = None
@@ -99,14 +112,8 @@ class Bridge:
 
     def restore(self) -> None:
         """Rebuild the open frames from the fragments persisted in the database."""
-        stored = self.store.open_fragments()
-        entries = []
-        for item in stored:
-            try:
-                fragment = decode_fragment(item.payload)
-                entries.append((item.device_id, fragment, item.received_at, item.opened_at))
-            except ProtocolError:  # cannot happen for what we stored; never block start-up
-                log.exception("skipping an unreadable stored fragment of %s", item.device_id)
+        entries = _restore_entries(self.store.open_fragments())
+        self._known_uplinks.clear()
         self._reassembler = Reassembler.restore(
             entries, frame_timeout_s=self.config.frame_timeout_s
         )
@@ -183,6 +190,10 @@ class Bridge:
             with self.store.transaction() as tx:
                 duplicate = tx.uplink_seen(up.uplink_id)
                 device = tx.device_for_update(up.device_id, up.received_at)
+                device_uplinks = device.uplinks
+                if self._known_uplinks.get(up.device_id) != device_uplinks:
+                    entries = _restore_entries(tx.open_fragments_of(up.device_id))
+                    reassembler.resync(up.device_id, entries)
                 changes: dict[str, Any] = {}
                 if not duplicate:
                     self._log_uplink(tx, up, error)
@@ -217,7 +228,9 @@ class Bridge:
         except BaseException:
             if reassembler is self._reassembler:
                 self._reassembler = None
+            self._known_uplinks.pop(up.device_id, None)
             raise
+        self._known_uplinks[up.device_id] = changes.get("uplinks", device_uplinks)
         if duplicate:
             self.metrics["duplicate_uplinks"] += 1
         else:
@@ -550,6 +563,19 @@ class Bridge:
                 self.downlinks.publish_outbox(self.publish)
             except StorageUnavailable:
                 log.warning("database unavailable; the downlink will be published later")
+
+
+def _restore_entries(stored: list[StoredFragment]) -> list[RestoreEntry]:
+    """Persisted fragments as the reassembler's restore entries."""
+    entries: list[RestoreEntry] = []
+    for item in stored:
+        try:
+            fragment = decode_fragment(item.payload)
+        except ProtocolError:  # cannot happen for what we stored; never block the bridge
+            log.exception("skipping an unreadable stored fragment of %s", item.device_id)
+            continue
+        entries.append((item.device_id, fragment, item.received_at, item.opened_at))
+    return entries
 
 
 def _state_changed(changes: dict[str, Any]) -> bool:

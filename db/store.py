@@ -347,6 +347,18 @@ class Tx:
         # One statement, not SELECT then INSERT: uq_open_fragment decides.
         _insert_unless_present(self.conn, t.open_fragments, values)
 
+    def open_fragments_of(self, device_id: str) -> list[StoredFragment]:
+        """The persisted fragments of one device's open frames, in arrival order."""
+        c = t.open_fragments.c
+        rows = self.conn.execute(
+            select(c.device_id, c.payload, c.received_at, c.opened_at)
+            .where(c.device_id == device_id)
+            .order_by(c.id)
+        ).all()
+        return [
+            StoredFragment(r.device_id, bytes(r.payload), r.received_at, r.opened_at) for r in rows
+        ]
+
     def close_open_fragments(
         self, device_id: str, mode: str, frame_number: int, opened_at: datetime
     ) -> None:

@@ -201,6 +201,35 @@ def test_restore_closes_a_complete_group_on_the_next_expire() -> None:
     assert isinstance(event, FrameCompleted) and event.frame.complete
 
 
+def test_resync_takes_the_fragments_another_writer_stored() -> None:
+    # Two bridges on one database: each saw a different half of n1's frame. After resync from
+    # the stored fragments, the last fragment completes the whole frame, not half of it.
+    ours, theirs = Reassembler(), Reassembler()
+    stored = []
+    fragments = frags(21, number=4)
+    for i, f in enumerate(fragments[:-1]):
+        writer = ours if i % 2 else theirs
+        for e in writer.receive("n1", f, at(i)):
+            assert isinstance(e, FragmentAccepted)
+            stored.append((e.device_id, e.fragment, e.received_at, at(0)))
+    feed(ours, "n2", frags(22)[:5], 100)  # another device: left alone
+    n2_before = [f for f in ours.open_frames() if f.device_id == "n2"]
+
+    ours.resync("n1", stored)
+
+    assert [f for f in ours.open_frames() if f.device_id == "n2"] == n2_before
+    [frame] = closed(ours.receive("n1", fragments[-1], at(30)))
+    assert frame.complete and frame.grid == expected_grid(21, Mode.SLOW)
+
+
+def test_resync_without_stored_fragments_forgets_a_frame_another_writer_closed() -> None:
+    r = Reassembler()
+    feed(r, "n1", frags(23, number=2)[:10])
+    r.resync("n1", [])
+    assert r.open_frames() == []
+    assert r.expire(at(10_000)) == [], "no stale partial frame is left to time out"
+
+
 # --- properties ---------------------------------------------------------------------------
 
 
