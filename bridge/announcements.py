@@ -91,7 +91,17 @@ def frame_meta(frame: FrameRecord) -> dict[str, Any]:
         "fan": on_off(frame.fan),
         "rows": frame.grid_rows,
         "cols": frame.grid_cols,
+        "step": frame_step(frame),
     }
+
+
+def frame_step(frame: FrameRecord) -> float | None:
+    """The frame's quantisation step in °C: its values are within step / 2 of what the camera
+    read. Slow and fast frames carry the protocol's 0.1 °C; None for a compressed frame stored
+    before frames recorded their step."""
+    if frame.step_tenths is not None:
+        return frame.step_tenths / 10
+    return None if frame.mode == "compressed" else 0.1
 
 
 def frame_event(frame: FrameRecord, png: bytes) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Literal
 
 from node_firmware.protocol import (
     FRAME_PIXELS,
+    LOSSLESS_STEP_C,
     Fragment,
     Grid,
     Mode,
@@ -61,6 +62,9 @@ class Frame:
     fan: bool
     ambient: int | None
     pixels_received: int = 0  # compressed mode: pixels its fragments carried
+    # Quantisation step in °C: the protocol's 0.1 for slow and fast; for compressed frames the
+    # coarsest step of its fragments (docs/protocol.md), so values are within step / 2.
+    step: float = LOSSLESS_STEP_C
 
     @property
     def coverage(self) -> float:
@@ -192,6 +196,11 @@ class _Assembly:
             fan=by_time[-1][0].fan,
             ambient=ambient,
             pixels_received=self.pixels_received() if self.mode is Mode.COMPRESSED else 0,
+            step=(
+                max(fragment.step for fragment, _ in by_time)
+                if self.mode is Mode.COMPRESSED
+                else LOSSLESS_STEP_C
+            ),
         )
 
 

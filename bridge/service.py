@@ -381,6 +381,7 @@ class Bridge:
             "fan": frame.fan,
             "grid_rows": rows,
             "grid_cols": cols,
+            "step": step_tenths(frame.step),
             "grid": pack_grid(frame.grid),
             "png": png,
         }
@@ -608,4 +609,5 @@ def tx_frame_record(frame_id: int, values: dict[str, Any]) -> FrameRecord:
         fan=values["fan"],
         grid_rows=values["grid_rows"],
         grid_cols=values["grid_cols"],
+        step_tenths=values["step"],
     )

@@ -45,9 +45,16 @@ def _v2_compressed_mode(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE {table} MODIFY COLUMN {column} VARCHAR(16) {null}"))
 
 
+def _v3_frame_step(conn: Connection) -> None:
+    """Version 3: frames.step, the quantisation step of the frame's values (°C/10)."""
+    if "step" not in {c["name"] for c in inspect(conn).get_columns("frames")}:
+        conn.execute(text("ALTER TABLE frames ADD COLUMN step SMALLINT NULL"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _v1_initial),
     (2, "compressed mode: wider mode columns, step columns", _v2_compressed_mode),
+    (3, "frame step", _v3_frame_step),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]
 

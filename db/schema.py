@@ -136,6 +136,8 @@ frames = Table(
     Column("opened_at", UTCDateTime, nullable=False),
     Column("complete", Boolean, nullable=False),
     Column("coverage", Float, nullable=False),
+    # Quantisation step in °C/10 (1 for slow and fast; compressed: 1, 2, 5 or 10). Version 3.
+    Column("step", SmallInteger),
     Column("received_mask", BigInteger, nullable=False),
     Column("first_received_at", UTCDateTime, nullable=False),
     Column("last_received_at", UTCDateTime, nullable=False),

@@ -132,6 +132,7 @@ class FrameRecord:
     fan: bool
     grid_rows: int
     grid_cols: int
+    step_tenths: int | None = None  # quantisation step, °C/10; None: stored before version 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +241,7 @@ def _frame(row: Any) -> FrameRecord:
         fan=bool(row.fan),
         grid_rows=row.grid_rows,
         grid_cols=row.grid_cols,
+        step_tenths=row.step,
     )
 
 

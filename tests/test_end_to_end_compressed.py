@@ -75,8 +75,10 @@ def test_compressed_frames_reach_a_socket_client_whole(
     for device in ("cnode1", "cnode2"):
         frame = wait_for(lambda d=device: frames_of(d), what=f"a compressed frame of {device}")[0]
         assert frame["mode"] == "compressed" and frame["coverage"] == 1.0
+        assert frame["step"] == 0.2, "the frame says how precise its values are"
         assert frame["image"].startswith(b"\x89PNG")
         stored = app.test_client().get(f"/api/frames/{frame['frame_id']}").get_json()
+        assert stored["step"] == 0.2
         grid = stored["grid"]
         assert len(grid) == 24 and all(len(row) == 32 for row in grid)
         values = [v for row in grid for v in row if v is not None]

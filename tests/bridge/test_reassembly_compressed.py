@@ -22,6 +22,7 @@ from node_firmware.protocol import (
     compress_frame,
     decode_fragment,
     encode_fragment,
+    fragment_frame,
 )
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -97,3 +98,25 @@ def test_restore_rebuilds_an_open_compressed_frame() -> None:
     assert frame.mode is Mode.COMPRESSED and not frame.complete
     events = r.receive("n", frags[-1], at(100))
     assert any(isinstance(e, FrameCompleted) for e in events)
+
+
+def test_a_compressed_frame_carries_its_step_and_a_slow_one_the_protocols_resolution() -> None:
+    r = Reassembler()
+    events = [e for i, f in enumerate(fragments_of(5, step=0.5)) for e in r.receive("n", f, at(i))]
+    [done] = [e for e in events if isinstance(e, FrameCompleted)]
+    assert done.frame.step == 0.5
+    slow = fragment_frame(grid_of(5), Mode.SLOW, 1, fan=False, ambient=22)
+    events = [e for i, f in enumerate(slow) for e in r.receive("s", f, at(i))]
+    [done] = [e for e in events if isinstance(e, FrameCompleted)]
+    assert done.frame.step == 0.1
+
+
+def test_a_frame_of_mixed_steps_reports_the_coarsest() -> None:
+    # The node picks the step per frame; should fragments ever disagree, the frame's values
+    # are only as precise as its coarsest fragment.
+    fine, coarse = fragments_of(6, step=0.2), fragments_of(6, step=1.0)
+    r = Reassembler()
+    r.receive("n", fine[0], at(0))
+    r.receive("n", coarse[-1], at(1))
+    [open_frame] = r.open_frames()
+    assert open_frame.step == 1.0
