@@ -349,4 +349,13 @@ def test_token_is_asked_once_and_used_for_the_socket_and_the_api(
     expect(page.get_by_test_id("downlink-status")).to_have_text("queued")
     downlinks = server.get("/api/devices/node1/downlinks", token="sekrit")["downlinks"]
     assert downlinks[0]["settings"]["mode"] == "fast"
+    # Compressed mode: the step chosen in the page goes into the downlink.
+    page.get_by_test_id("mode-select").select_option("compressed")
+    page.get_by_test_id("step-select").select_option("0.5")
+    page.get_by_test_id("submit-settings").click()
+    status = page.get_by_test_id("downlink-status")
+    expect(status).not_to_have_attribute("data-downlink-id", str(downlinks[0]["downlink_id"]))
+    newest = server.get("/api/devices/node1/downlinks", token="sekrit")["downlinks"][0]
+    assert newest["settings"]["mode"] == "compressed" and newest["settings"]["step"] == 0.5
+    expect(status).to_have_attribute("data-downlink-id", str(newest["downlink_id"]))
     console.assert_clean()
