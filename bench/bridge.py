@@ -1,4 +1,4 @@
-"""The bridge alone: `Bridge.handle_message` against MariaDB, this tree against a baseline tree.
+"""The bridge alone against MariaDB: per uplink and in batches, this tree against a baseline tree.
 
     python bench/bridge.py                            # this tree only
     python bench/bridge.py --baseline-ref c34485d     # against the code of a commit
@@ -31,6 +31,7 @@ from tests.services import MariaDBServer  # noqa: E402
 CHILD = r"""
 import json, sys, time
 tree, url, devices, uplinks = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+batch = int(sys.argv[5])
 sys.path.insert(0, tree)
 import pymysql.connections as pc
 from bench.stack import now_utc, stream
@@ -67,17 +68,24 @@ for m in messages[:300]:
     bridge.handle_message(m.body)
 commands = 0
 began = time.perf_counter()
-for m in messages[300:]:
-    bridge.handle_message(m.body)
+timed = [m.body for m in messages[300:]]
+if batch > 1:  # what the MQTT adapter does with the messages already waiting
+    for start in range(0, len(timed), batch):
+        bridge.handle_messages(timed[start : start + batch])
+else:
+    for body in timed:
+        bridge.handle_message(body)
 elapsed = time.perf_counter() - began
 print(json.dumps({"rate": uplinks / elapsed, "commands": commands / uplinks}))
 """
 
 
-def one_run(tree: Path, server: MariaDBServer, name: str, devices: int, uplinks: int) -> dict:
+def one_run(
+    tree: Path, server: MariaDBServer, name: str, devices: int, uplinks: int, batch: int
+) -> dict:
     url = server.fresh_database(name)
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tree), url, str(devices), str(uplinks)],
+        [sys.executable, "-c", CHILD, str(tree), url, str(devices), str(uplinks), str(batch)],
         cwd=tree,
         capture_output=True,
         text=True,
@@ -97,32 +105,41 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--uplinks", type=int, default=3000, help="timed uplinks per run")
     parser.add_argument("--runs", type=int, default=3, help="runs per tree (default 3)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=50,
+        help="also time this tree with Bridge.handle_messages in batches of N (default 50; 1: off)",
+    )
     parser.add_argument("--quick", action="store_true", help="1,000 uplinks, 1 run, no record")
     parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
     args = parser.parse_args()
     if args.quick:
         args.uplinks, args.runs = 1000, 1
 
-    trees: dict[str, Path] = {}
+    trees: dict[str, tuple[Path, int]] = {}
     if args.baseline_ref:
         exported = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
         archive = subprocess.run(
             ["git", "archive", args.baseline_ref], cwd=ROOT, capture_output=True, check=True
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(exported)], input=archive, check=True)
-        trees[f"baseline ({args.baseline_ref})"] = exported
+        trees[f"baseline ({args.baseline_ref})"] = (exported, 1)
     elif args.baseline_dir:
-        trees[f"baseline ({args.baseline_dir})"] = Path(args.baseline_dir)
-    trees["this tree"] = ROOT
+        trees[f"baseline ({args.baseline_dir})"] = (Path(args.baseline_dir), 1)
+    trees["this tree, one by one"] = (ROOT, 1)
+    if args.batch > 1:
+        trees[f"this tree, batches of {args.batch}"] = (ROOT, args.batch)
 
     server = MariaDBServer().start()
     results: dict[str, list[dict]] = {name: [] for name in trees}
     try:
         for run in range(args.runs):
-            for index, (name, tree) in enumerate(trees.items()):
+            for index, (name, (tree, batch)) in enumerate(trees.items()):
                 print(f"run {run + 1}: {name} ...", flush=True)
+                database = f"bench_bridge_{run}_{index}"
                 results[name].append(
-                    one_run(tree, server, f"bench_bridge_{run}_{index}", args.devices, args.uplinks)
+                    one_run(tree, server, database, args.devices, args.uplinks, batch)
                 )
     finally:
         server.close()
@@ -144,7 +161,8 @@ def main() -> int:
         ["code", "uplinks/s (median)", "range", "MySQL round trips per uplink", "vs first"], rows
     )
     context = (
-        f"Bridge.handle_message in a fresh process per run, {args.devices} devices (half slow, "
+        "Bridge.handle_message (one transaction per uplink) or Bridge.handle_messages (one per "
+        f"batch) in a fresh process per run, {args.devices} devices (half slow, "
         f"half fast), {args.uplinks:,} timed uplinks after 300 to warm up, {args.runs} "
         "alternating runs per tree, one throw-away MariaDB on loopback."
     )
@@ -154,7 +172,7 @@ def main() -> int:
     if not (args.quick or args.no_record):
         notes = {"baseline": args.label} if args.label else None
         path = append_section(
-            "The bridge alone: Bridge.handle_message against MariaDB",
+            "The bridge alone: one transaction per uplink or per batch, against MariaDB",
             " ".join(["python bench/bridge.py", *sys.argv[1:]]),
             context + "\n\n" + table,
             notes=notes,

@@ -101,7 +101,12 @@ def run_bridge(args: argparse.Namespace) -> int:
     bridge = Bridge(config, store, announce)
     try:
         bridge.backfiller = backfill.from_config(config, bridge.handle_message)
-        adapter = MqttAdapter(config.mqtt, bridge.handle_message, on_connected=bridge.connected)
+        adapter = MqttAdapter(
+            config.mqtt,
+            bridge.handle_message,
+            on_connected=bridge.connected,
+            handle_batch=bridge.handle_messages,
+        )
     except config_mod.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 15.0
+# Messages already waiting are handled together, in one database transaction (see
+# Bridge.handle_messages); the cap bounds what one rolled-back batch has to redo.
+BATCH_MAX_MESSAGES = 200
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 60
 
@@ -66,6 +69,7 @@ class MqttAdapter:
         sleep: Callable[[float], None] = time.sleep,
         client_id: str | None = None,
         on_connected: Callable[[], None] | None = None,
+        handle_batch: Callable[[Sequence[bytes]], None] | None = None,
     ) -> None:
         if not config.tls and not is_loopback(config.host) and not config.tls_insecure_allowed:
             raise ConfigError(
@@ -74,6 +78,7 @@ class MqttAdapter:
             )
         self.config = config
         self.handle = handle
+        self.handle_batch = handle_batch
         self.spawn = spawn
         self.sleep = sleep
         self.on_connected = on_connected
@@ -173,13 +178,27 @@ class MqttAdapter:
             message = self.messages.get()
             if message is None:
                 return
-            self._deliver(message)
+            batch = [message]
+            # Under load, take what is already waiting too: one database transaction for all.
+            while self.handle_batch is not None and len(batch) < BATCH_MAX_MESSAGES:
+                try:
+                    more = self.messages.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.messages.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._deliver(batch)
 
-    def _deliver(self, message: mqtt.MQTTMessage) -> None:
+    def _deliver(self, batch: list[mqtt.MQTTMessage]) -> None:
         delay = RETRY_FIRST_S
         while True:
             try:
-                self.handle(message.payload)
+                if len(batch) > 1 and self.handle_batch is not None:
+                    self.handle_batch([message.payload for message in batch])
+                else:
+                    self.handle(batch[0].payload)
                 break
             except StorageUnavailable as exc:
                 if not self.storage_down:
@@ -195,13 +214,14 @@ class MqttAdapter:
                 delay = min(delay * 2, RETRY_MAX_S)
             except Exception:
                 # A bug, not input: log it with the traceback and move on rather than stall.
-                log.exception("unexpected error on a message from %s; skipped", message.topic)
+                log.exception("unexpected error on a message from %s; skipped", batch[0].topic)
                 break
         if self.storage_down:
             log.info("database back: processing resumed")
             self.storage_down = False
-        if message.qos > 0:
-            self.client.ack(message.mid, message.qos)
+        for message in batch:  # committed: now the broker may forget them
+            if message.qos > 0:
+                self.client.ack(message.mid, message.qos)
 
     # --- lifecycle ------------------------------------------------------------------------
 

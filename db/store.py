@@ -10,6 +10,7 @@ twice.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -581,6 +582,7 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._batch = threading.local()  # this thread's open batch transaction, if any
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -589,10 +591,40 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        """One database transaction; StorageUnavailable when the server cannot be reached."""
+        """One database transaction; StorageUnavailable when the server cannot be reached.
+
+        Inside `batch()` on the same thread it is the batch's transaction: it commits (or
+        rolls back) with the batch, not on its own.
+        """
+        batch_tx: Tx | None = getattr(self._batch, "tx", None)
+        if batch_tx is not None:
+            yield batch_tx
+            return
         try:
             with self.engine.begin() as conn:
                 yield Tx(conn)
+        except OperationalError as exc:
+            raise StorageUnavailable(_short(exc)) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StorageUnavailable(_short(exc)) from exc
+            raise
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for every `transaction()` of this thread inside it: one commit for
+        many messages (the commit, and its log flush, is the dearest part of a small write).
+        Any exception rolls back all of it."""
+        if getattr(self._batch, "tx", None) is not None:
+            yield  # already in a batch: join it
+            return
+        try:
+            with self.engine.begin() as conn:
+                self._batch.tx = Tx(conn)
+                try:
+                    yield
+                finally:
+                    self._batch.tx = None
         except OperationalError as exc:
             raise StorageUnavailable(_short(exc)) from exc
         except DBAPIError as exc:

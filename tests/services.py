@@ -506,6 +506,29 @@ class MosquittoServer(Service):
     def diagnostics(self) -> str:
         return f"{tail(self.broker_log)}\n{tail(self.log_path, 500)}".strip()
 
+    def save(self, timeout: float = 10.0) -> None:
+        """Make the broker write its persistence file now (SIGUSR1) and wait until it has.
+
+        autosave_on_changes counts subscription changes and queued messages, not messages in
+        flight to a connected client; a test that kills the broker and expects those to be
+        redelivered saves first, so what survives the kill does not depend on timing.
+        """
+        with self._lock:
+            saves_before = self._saves_logged()
+            self._signal_group(signal.SIGUSR1)
+            deadline = time.monotonic() + timeout
+            while self._saves_logged() <= saves_before:
+                if time.monotonic() > deadline:
+                    raise ServiceUnavailable(f"mosquitto did not save:\n{self.diagnostics()}")
+                time.sleep(0.02)
+
+    def _saves_logged(self) -> int:
+        try:
+            text = self.broker_log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return 0
+        return text.count("Saving in-memory database")
+
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"

@@ -65,6 +65,7 @@ class Runtime:
             self.bridge.handle_message,
             spawn=self.socketio.start_background_task,
             on_connected=self.bridge.connected,
+            handle_batch=self.bridge.handle_messages,
         )
         self.bridge.publish = self.mqtt.publish
         self.mqtt.start()
