@@ -207,10 +207,14 @@
   }
 
   /** A token refused by the server is forgotten and asked for again; then the page starts over
-   * with the new one. */
+   * with the new one. `used` is the token the refused request carried: a refusal that arrives
+   * after a newer token was typed (the socket's often comes late) is stale and ignored, or it
+   * would throw away the good token. */
   let refused = false;
 
-  function tokenRefused(message) {
+  function tokenRefused(message, used) {
+    const current = currentToken();
+    if (current && current !== used) return;
     clearToken();
     const ask = askToken(`The server refused the token (${message}). Enter a valid one.`);
     if (!refused) {
@@ -222,6 +226,7 @@
   /** Call the REST API; resolves with the JSON body, rejects with an ApiError in words. */
   async function api(path, options) {
     const opts = options || {};
+    const used = currentToken();
     const headers = Object.assign({ Accept: "application/json" }, authHeaders());
     let payload;
     if (opts.json !== undefined) {
@@ -251,7 +256,7 @@
     if (!response.ok) {
       const message = (data && (data.error || data.msg)) ||
         `the server answered ${response.status} ${response.statusText}`.trim();
-      if (response.status === 401) tokenRefused(message);
+      if (response.status === 401) tokenRefused(message, used);
       throw new ApiError(response.status, message, data);
     }
     return data;
@@ -324,9 +329,13 @@
   /** Connect to the push server, call `subscribe` on every (re)connection so the server sends
    * a fresh snapshot, and route the events of DESIGN.md to `handlers`. */
   function connect(subscription, handlers) {
+    let socketToken = null; // the token of the latest connection attempt
     const socket = window.io({
       // A function, so that a reconnection uses the token typed since.
-      auth: (cb) => cb(needsToken ? { token: currentToken() || "" } : {}),
+      auth: (cb) => {
+        socketToken = currentToken();
+        cb(needsToken ? { token: socketToken || "" } : {});
+      },
     });
     socket.on("connect", () => {
       setConnection("live", "live");
@@ -347,7 +356,7 @@
       // underlying connection too; the page starts over once a token is given.
       socket.disconnect();
       setConnection("offline", "refused");
-      if (tokensRequired) tokenRefused(`live connection: ${err.message}`);
+      if (tokensRequired) tokenRefused(`live connection: ${err.message}`, socketToken);
     });
     for (const name of ["node_state", "ambient", "frame", "downlink", "alarm"]) {
       if (handlers[name]) {
