@@ -246,6 +246,18 @@ def _frame(row: Any) -> FrameRecord:
     )
 
 
+def _open_fragments(conn: Connection, device_id: str | None = None) -> list[StoredFragment]:
+    """Persisted fragments of open frames (of one device, or all), in arrival order."""
+    c = t.open_fragments.c
+    query = select(c.device_id, c.payload, c.received_at, c.opened_at).order_by(c.id)
+    if device_id is not None:
+        query = query.where(c.device_id == device_id)
+    return [
+        StoredFragment(r.device_id, bytes(r.payload), r.received_at, r.opened_at)
+        for r in conn.execute(query).all()
+    ]
+
+
 def _downlink(row: Any, history: Sequence[DownlinkStep] = ()) -> DownlinkRecord:
     return DownlinkRecord(
         downlink_id=row.downlink_id,
@@ -352,15 +364,7 @@ class Tx:
 
     def open_fragments_of(self, device_id: str) -> list[StoredFragment]:
         """The persisted fragments of one device's open frames, in arrival order."""
-        c = t.open_fragments.c
-        rows = self.conn.execute(
-            select(c.device_id, c.payload, c.received_at, c.opened_at)
-            .where(c.device_id == device_id)
-            .order_by(c.id)
-        ).all()
-        return [
-            StoredFragment(r.device_id, bytes(r.payload), r.received_at, r.opened_at) for r in rows
-        ]
+        return _open_fragments(self.conn, device_id)
 
     def close_open_fragments(
         self, device_id: str, mode: str, frame_number: int, opened_at: datetime
@@ -841,14 +845,8 @@ class Store:
 
     def open_fragments(self) -> list[StoredFragment]:
         """Every persisted fragment of the open frames, in arrival order."""
-        c = t.open_fragments.c
         with self._read() as conn:
-            rows = conn.execute(
-                select(c.device_id, c.payload, c.received_at, c.opened_at).order_by(c.id)
-            ).all()
-        return [
-            StoredFragment(r.device_id, bytes(r.payload), r.received_at, r.opened_at) for r in rows
-        ]
+            return _open_fragments(conn)
 
     # housekeeping
 

@@ -6,7 +6,6 @@ completes and every uplink the network received is stored exactly once."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ from db import schema as t
 from db.migrations import upgrade
 from db.store import Store
 from node_firmware.simulator import Simulator, StorageIntegrationServer
+from tests import waiting
 from tests.bridge.harness import Recorder
 from tests.ttn_messages import APP_ID, TENANT
 
@@ -32,14 +32,8 @@ WAIT_S = 60.0
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float = WAIT_S, what: str = "") -> Any:
-    """Poll until true (a liveness bound, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
+    """tests.waiting.wait_for with this module's longer bound."""
+    return waiting.wait_for(condition, timeout_s, what)
 
 
 def test_bridge_offline_mid_frame_is_backfilled_from_the_storage_integration(

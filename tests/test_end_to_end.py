@@ -3,8 +3,8 @@ Socket.IO client, and a settings change all the way to a simulated node and back
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -13,32 +13,22 @@ from flask import Flask
 from bridge.config import MqttConfig
 from node_firmware.simulator import Simulator
 from tests.ttn_messages import APP_ID, TENANT
+from tests.waiting import wait_for
 from tests.webapp.fixtures import make_config
 from webapp import create_app, socketio
 
 pytestmark = pytest.mark.integration
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "") -> Any:
-    """Poll until true (a liveness bound, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
-@pytest.fixture
-def system(mqtt_broker: Any, mysql_url: str) -> Iterator[tuple[Flask, Simulator]]:
+@contextmanager
+def running_system(
+    broker: Any, mysql_url: str, client_id: str, **simulator_options: Any
+) -> Iterator[tuple[Flask, Simulator]]:
+    """The demo's pieces on the real broker and MariaDB: webapp with its bridge, and two
+    simulated nodes publishing every 50 ms once the bridge has subscribed."""
     config = make_config(mysql_url, frame_timeout_s=600).with_overrides(
         mqtt=MqttConfig(
-            host=mqtt_broker.host,
-            port=mqtt_broker.port,
-            app_id=APP_ID,
-            tenant=TENANT,
-            client_id="e2e-bridge",
+            host=broker.host, port=broker.port, app_id=APP_ID, tenant=TENANT, client_id=client_id
         )
     )
     app = create_app(config, start_bridge=True)
@@ -46,20 +36,27 @@ def system(mqtt_broker: Any, mysql_url: str) -> Iterator[tuple[Flask, Simulator]
     runtime = app.extensions["thermal"]
     wait_for(runtime.mqtt.connected.is_set, what="the bridge to subscribe")
     simulator = Simulator(
-        host=mqtt_broker.host,
-        port=mqtt_broker.port,
+        host=broker.host,
+        port=broker.port,
         app_id=APP_ID,
         tenant=TENANT,
         nodes=2,
         interval_s=0.05,
-        mode="fast",
-        seed=3,
+        **simulator_options,
     )
     simulator.start()
-    yield app, simulator
-    simulator.stop()
-    runtime.stop()
-    runtime.store.engine.dispose()
+    try:
+        yield app, simulator
+    finally:
+        simulator.stop()
+        runtime.stop()
+        runtime.store.engine.dispose()
+
+
+@pytest.fixture
+def system(mqtt_broker: Any, mysql_url: str) -> Iterator[tuple[Flask, Simulator]]:
+    with running_system(mqtt_broker, mysql_url, "e2e-bridge", mode="fast", seed=3) as running:
+        yield running
 
 
 def test_frames_flow_to_a_socket_client_and_settings_reach_the_node(

@@ -9,49 +9,27 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from bridge.config import MqttConfig
 from node_firmware.protocol import Mode
 from node_firmware.simulator import Simulator
-from tests.test_end_to_end import wait_for
-from tests.ttn_messages import APP_ID, TENANT
-from tests.webapp.fixtures import make_config
-from webapp import create_app, socketio
+from tests.test_end_to_end import running_system
+from tests.waiting import wait_for
+from webapp import socketio
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def compressed_system(mqtt_broker: Any, mysql_url: str) -> Iterator[tuple[Flask, Simulator]]:
-    config = make_config(mysql_url, frame_timeout_s=600).with_overrides(
-        mqtt=MqttConfig(
-            host=mqtt_broker.host,
-            port=mqtt_broker.port,
-            app_id=APP_ID,
-            tenant=TENANT,
-            client_id="e2e-compressed-bridge",
-        )
-    )
-    app = create_app(config, start_bridge=True)
-    app.config["TESTING"] = True
-    runtime = app.extensions["thermal"]
-    wait_for(runtime.mqtt.connected.is_set, what="the bridge to subscribe")
-    simulator = Simulator(
-        host=mqtt_broker.host,
-        port=mqtt_broker.port,
-        app_id=APP_ID,
-        tenant=TENANT,
-        nodes=2,
-        interval_s=0.05,
+    with running_system(
+        mqtt_broker,
+        mysql_url,
+        "e2e-compressed-bridge",
         mode="compressed",
         step=0.2,
         seed=11,
         device_prefix="cnode",
-    )
-    simulator.start()
-    yield app, simulator
-    simulator.stop()
-    runtime.stop()
-    runtime.store.engine.dispose()
+    ) as running:
+        yield running
 
 
 def test_compressed_frames_reach_a_socket_client_whole(

@@ -39,6 +39,7 @@ from bridge.config import MqttConfig
 from db import schema as t
 from db.gridpack import unpack_grid
 from node_firmware.protocol import Mode, NodeStatus, encode_fragment, encode_status, fragment_frame
+from tests import waiting
 from tests.bridge.harness import BridgeHarness, Publisher, bridge_config
 from tests.services import MosquittoServer, free_port
 from tests.ttn_messages import APP_ID, TENANT, topic, uplink
@@ -53,14 +54,8 @@ DB_OUTAGE_S = float(os.environ.get("THERMAL_FAULT_DB_OUTAGE_S", "3"))
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float = WAIT_S, what: str = "") -> Any:
-    """Poll until true (a liveness bound, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
+    """tests.waiting.wait_for with this module's longer bound."""
+    return waiting.wait_for(condition, timeout_s, what)
 
 
 class Node:

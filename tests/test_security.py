@@ -18,8 +18,7 @@ import secrets
 import ssl
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,20 +31,10 @@ from bridge.mqtt import MqttAdapter
 from node_firmware.simulator import Simulator, StorageIntegrationServer
 from tests.services import service_down
 from tests.ttn_messages import APP_ID, TENANT
+from tests.waiting import wait_for
 from webapp import auth, create_app, socketio
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "") -> Any:
-    """Poll until true (a liveness bound, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 class Capture(logging.Handler):
