@@ -45,11 +45,11 @@ from db.gridpack import pack_grid
 from db.store import (
     AlarmRecord,
     DeviceRecord,
-    FrameRecord,
     StorageUnavailable,
     Store,
     StoredFragment,
     Tx,
+    frame_record,
 )
 from imaging.heatmap import grid_stats, render_heatmap
 from node_firmware.protocol import (
@@ -439,7 +439,7 @@ class Bridge:
         if not changed:
             return []
         self.metrics["frames_complete" if frame.complete else "frames_partial"] += 1
-        record = tx_frame_record(frame_id, values)
+        record = frame_record(frame_id, values)
         out: list[Announcement] = [("frame", ann.frame_event(record, png), frame.device_id)]
         out += self._evaluate_frame_alarms(tx, device, temp_min, temp_max, frame.last_received_at)
         return out
@@ -636,25 +636,3 @@ def _state_changed(changes: dict[str, Any]) -> bool:
         "reported_step",
     }
     return bool(keys & changes.keys())
-
-
-def tx_frame_record(frame_id: int, values: dict[str, Any]) -> FrameRecord:
-    """A FrameRecord from the values just written."""
-    return FrameRecord(
-        frame_id=frame_id,
-        device_id=values["device_id"],
-        mode=values["mode"],
-        frame_number=values["frame_number"],
-        complete=values["complete"],
-        coverage=values["coverage"],
-        first_received_at=values["first_received_at"],
-        last_received_at=values["last_received_at"],
-        temp_min=values["temp_min"],
-        temp_max=values["temp_max"],
-        temp_mean=values["temp_mean"],
-        ambient=values["ambient"],
-        fan=values["fan"],
-        grid_rows=values["grid_rows"],
-        grid_cols=values["grid_cols"],
-        step_tenths=values["step"],
-    )

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -246,6 +247,25 @@ def _frame(row: Any) -> FrameRecord:
     )
 
 
+@contextmanager
+def _unavailable_on_lost_server() -> Iterator[None]:
+    """Turn "the server cannot be reached" (down, restarted, connection dropped) into
+    StorageUnavailable, which callers retry; any other database error stays what it is."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise StorageUnavailable(_short(exc)) from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StorageUnavailable(_short(exc)) from exc
+        raise
+
+
+def frame_record(frame_id: int, values: dict[str, Any]) -> FrameRecord:
+    """The FrameRecord of a frame just written with `values` (its frames-table columns)."""
+    return _frame(SimpleNamespace(frame_id=frame_id, **values))
+
+
 def _open_fragments(conn: Connection, device_id: str | None = None) -> list[StoredFragment]:
     """Persisted fragments of open frames (of one device, or all), in arrival order."""
     c = t.open_fragments.c
@@ -417,17 +437,6 @@ class Tx:
             insert(t.ambient).values(device_id=device_id, at=at, temperature=temperature)
         )
         return True
-
-    def last_ambient(self, device_id: str) -> AmbientRecord | None:
-        """The newest ambient reading of a device."""
-        c = t.ambient.c
-        row = self.conn.execute(
-            select(c.device_id, c.at, c.temperature)
-            .where(c.device_id == device_id)
-            .order_by(c.at.desc())
-            .limit(1)
-        ).first()
-        return None if row is None else AmbientRecord(row.device_id, row.at, row.temperature)
 
     def latest_frame_mode(self, device_id: str) -> str | None:
         """The mode of a device's newest frame: what its fragments last said it runs in."""
@@ -604,15 +613,8 @@ class Store:
         if batch_tx is not None:
             yield batch_tx
             return
-        try:
-            with self.engine.begin() as conn:
-                yield Tx(conn)
-        except OperationalError as exc:
-            raise StorageUnavailable(_short(exc)) from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StorageUnavailable(_short(exc)) from exc
-            raise
+        with _unavailable_on_lost_server(), self.engine.begin() as conn:
+            yield Tx(conn)
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -622,27 +624,17 @@ class Store:
         if getattr(self._batch, "tx", None) is not None:
             yield  # already in a batch: join it
             return
-        try:
-            with self.engine.begin() as conn:
-                self._batch.tx = Tx(conn)
-                try:
-                    yield
-                finally:
-                    self._batch.tx = None
-        except OperationalError as exc:
-            raise StorageUnavailable(_short(exc)) from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StorageUnavailable(_short(exc)) from exc
-            raise
+        with _unavailable_on_lost_server(), self.engine.begin() as conn:
+            self._batch.tx = Tx(conn)
+            try:
+                yield
+            finally:
+                self._batch.tx = None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                yield conn
-        except OperationalError as exc:
-            raise StorageUnavailable(_short(exc)) from exc
+        with _unavailable_on_lost_server(), self.engine.connect() as conn:
+            yield conn
 
     def ping(self) -> bool:
         """True when the database answers."""
@@ -861,14 +853,6 @@ class Store:
         with self.transaction() as tx:
             result = tx.conn.execute(delete(t.uplinks).where(t.uplinks.c.received_at < before))
         return int(result.rowcount or 0)
-
-    def uplink_count(self, device_id: str | None = None) -> int:
-        """How many uplinks the log holds."""
-        query = select(func.count()).select_from(t.uplinks)
-        if device_id is not None:
-            query = query.where(t.uplinks.c.device_id == device_id)
-        with self._read() as conn:
-            return int(conn.execute(query).scalar_one())
 
 
 def _short(exc: BaseException) -> str:

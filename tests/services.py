@@ -489,12 +489,16 @@ class MosquittoServer(Service):
         self._write_conf()  # each boot: the port may have moved before the first one succeeded
         return [self.binary, "-c", str(self.conf)]
 
-    def _runs_logged(self) -> int:
+    def _logged(self, pattern: str) -> int:
+        """How many times the broker's log matches a regular expression."""
         try:
             text = self.broker_log.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return 0
-        return len(re.findall(r"mosquitto version \S+ running", text))
+        return len(re.findall(pattern, text))
+
+    def _runs_logged(self) -> int:
+        return self._logged(r"mosquitto version \S+ running")
 
     def _before_boot(self) -> None:
         self._runs_before = self._runs_logged()
@@ -523,11 +527,7 @@ class MosquittoServer(Service):
                 time.sleep(0.02)
 
     def _saves_logged(self) -> int:
-        try:
-            text = self.broker_log.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return 0
-        return text.count("Saving in-memory database")
+        return self._logged("Saving in-memory database")
 
     @property
     def url(self) -> str:

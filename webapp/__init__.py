@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
 
 from flask import Flask
 from flask_socketio import SocketIO
@@ -78,8 +77,3 @@ def create_app(config: Config | None = None, *, start_bridge: bool | None = None
         runtime.start_bridge()
     log.info("webapp ready (async mode %s, bridge %s)", async_mode, "on" if run_bridge else "off")
     return app
-
-
-def runtime_of(app: Flask) -> Any:
-    """The Runtime attached to an app."""
-    return app.extensions["thermal"]
