@@ -6,21 +6,23 @@ arrived in a partial frame); NaN and ±inf count as no data as well.
 
 Why it is fast: the image is built as an 8-bit *palette* image. Each pixel is one byte, an
 index into a palette made once per colormap from its 256-entry lookup table
-(`imaging/colormaps.py`), so the whole picture is numpy indexing on uint8 arrays, and the PNG
-encoder compresses one byte per pixel instead of three (and skips row filtering, which it only
-does for true-colour images); an RGB image would spend most of its time in zlib. The palette holds
-`LEVELS` colormap levels (both ends of the colormap included) and a few fixed colours for the
-background, the text and the no-data hatching.
+(`imaging/colormaps.py`), so the whole picture is numpy indexing on uint8 arrays. Text is
+stamped from glyphs drawn once by Pillow and cached, and the PNG is written here (`encode_png`)
+with ISA-L's deflate, several times faster than zlib's: those two were most of a frame's cost.
+The palette holds `LEVELS` colormap levels (both ends of the colormap included) and a few fixed
+colours for the background, the text and the no-data hatching.
 """
 
 from __future__ import annotations
 
-import io
+import struct
+import zlib
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from isal import isal_zlib
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
@@ -51,7 +53,7 @@ _FIXED_COLOURS: tuple[tuple[int, int, int], ...] = (
 NO_DATA_RGB = _FIXED_COLOURS[NO_DATA - LEVELS]
 NO_DATA_HATCH_RGB = _FIXED_COLOURS[NO_DATA_HATCH - LEVELS]
 HATCH_PERIOD_PX = 8
-PNG_COMPRESS_LEVEL = 3  # zlib levels 1-3 cost the same here; 3 gives ~20% smaller files
+PNG_COMPRESS_LEVEL = 1  # ISA-L's level 1: 0.15 ms for a 640 × 480 frame; level 3 costs 7×
 
 # Smooth rendering interpolates at 1/SMOOTH_BLOCK_PX of the output size and repeats each pixel:
 # at 640 × 480 that is about 5× the sensor's resolution, which looks as smooth as interpolating
@@ -258,12 +260,76 @@ def _label(value: float, known: bool) -> str:
     return f"{value:.1f} °C" if known else "-- °C"
 
 
+@lru_cache(maxsize=4096)
+def _glyph(font: Font, char: str) -> tuple[NDArray[np.bool_], int, int, float]:
+    """A character's 1-bit ink (drawn once by Pillow, then reused), the offset of the ink's
+    top-left corner from the text origin, and how far the character advances the pen."""
+    # Metrics of 1-bit rendering: its hinting gives other advances than anti-aliased text.
+    left, top, right, bottom = (int(v) for v in font.getbbox(char, mode="1"))
+    advance = float(font.getlength(char, mode="1"))
+    if right <= left or bottom <= top:
+        return np.zeros((0, 0), dtype=np.bool_), 0, 0, advance
+    image = Image.new("L", (right - left, bottom - top), 0)
+    draw = ImageDraw.Draw(image)
+    draw.fontmode = "1"  # palette indexes cannot be blended: no anti-aliasing
+    draw.text((-left, -top), char, fill=255, font=font)
+    ink = np.asarray(image) > 0
+    ink.flags.writeable = False
+    return ink, left, top, advance
+
+
+def _draw_text(canvas: NDArray[np.uint8], x: int, y: int, text: str, font: Font) -> None:
+    """Write text in the TEXT colour with its origin (top of the line) at x, y, clipped to the
+    canvas. Glyphs are placed at their advances, without kerning: a pixel off at most, and no
+    text layout per frame (a caption's time is new on every frame)."""
+    height, width = canvas.shape
+    pen = 0.0
+    for char in text:
+        ink, left, top, advance = _glyph(font, char)
+        gx, gy = x + round(pen) + left, y + top
+        pen += advance
+        rows, cols = ink.shape
+        top_cut, left_cut = max(0, -gy), max(0, -gx)
+        bottom, right = min(rows, height - gy), min(cols, width - gx)
+        if bottom > top_cut and right > left_cut:
+            region = canvas[gy + top_cut : gy + bottom, gx + left_cut : gx + right]
+            region[ink[top_cut:bottom, left_cut:right]] = TEXT
+
+
+def encode_png(pixels: NDArray[np.uint8], palette: bytes) -> bytes:
+    """An 8-bit palette image as PNG bytes (PNG spec: colour type 3, no filtering).
+
+    Written here rather than by Pillow for speed: the deflate of ISA-L (isal) is about 6×
+    faster than zlib's at the same size for these images, and it is most of the cost of a
+    frame (BENCHMARKS.md, rendering)."""
+    height, width = pixels.shape
+    scanlines = np.zeros((height, width + 1), dtype=np.uint8)  # a 0 (no filter) byte per row
+    scanlines[:, 1:] = pixels
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    return b"".join(
+        (
+            _PNG_SIGNATURE,
+            _chunk(b"IHDR", header),
+            _chunk(b"PLTE", palette),
+            _chunk(b"IDAT", isal_zlib.compress(scanlines.data, PNG_COMPRESS_LEVEL)),
+            _chunk(b"IEND", b""),
+        )
+    )
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 @lru_cache(maxsize=16)
 def _font(size: int) -> tuple[Font, int, int]:
     """Pillow's built-in font (no file is read) at a pixel size, the offset of the top of its
     tallest glyphs below the text origin, and the height of a line of text."""
     font = ImageFont.load_default(size=size)
-    _, top, _, bottom = font.getbbox("Ag°")
+    _, top, _, bottom = font.getbbox("Ag°", mode="1")
     return font, int(top), int(bottom - top)
 
 
@@ -311,7 +377,7 @@ def render_heatmap(
     labels = (_label(hi, known), _label((lo + hi) / 2, known), _label(lo, known))
     top = pad + (line_px + pad if caption else 0)
     bar_px = max(6, round(width * _SCALE_BAR_WIDTH_FRACTION))
-    label_px = min(max(round(font.getlength(text)) for text in labels), width // 3)
+    label_px = min(max(round(font.getlength(text, mode="1")) for text in labels), width // 3)
     right = pad + (bar_px + pad + label_px + pad if show_scale else 0)
     area_w, area_h = width - pad - right, height - top - pad
     decorated = area_w >= _MIN_HEATMAP_PX and area_h >= _MIN_HEATMAP_PX
@@ -336,23 +402,19 @@ def render_heatmap(
         gradient = np.rint(np.linspace(LEVELS - 1, 0, map_h)).astype(np.uint8)
         canvas[y0 : y0 + map_h, bar_x : bar_x + bar_px] = gradient[:, np.newaxis]
 
-    image = Image.fromarray(canvas)
-    image.putpalette(_palette(colormap), rawmode="RGB")
-    if decorated and (caption or show_scale):
-        draw = ImageDraw.Draw(image)
-        # Anti-aliased text would blend palette indexes, not colours: draw it 1-bit.
-        draw.fontmode = "1"
-        if caption:
-            one_line = caption.replace("\r", " ").replace("\n", " ")
-            draw.text((pad, pad - ink_top), one_line, fill=TEXT, font=font)
-        if show_scale:
-            draw.rectangle((bar_x - 1, y0 - 1, bar_x + bar_px, y0 + map_h), outline=TEXT)
-            tick_x = bar_x + bar_px
-            for text, fraction in zip(labels, (0.0, 0.5, 1.0), strict=True):
-                centre = y0 + round(fraction * (map_h - 1))
-                y = min(max(centre - line_px // 2, 0), height - line_px) - ink_top
-                draw.line((tick_x, centre, tick_x + pad // 2, centre), fill=TEXT)
-                draw.text((tick_x + pad, y), text, fill=TEXT, font=font)
-    out = io.BytesIO()
-    image.save(out, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
-    return out.getvalue()
+    if decorated and caption:
+        one_line = caption.replace("\r", " ").replace("\n", " ")
+        _draw_text(canvas, pad, pad - ink_top, one_line, font)
+    if decorated and show_scale:
+        # The bar's 1-pixel frame, then a tick and a label at the max, middle and min.
+        x1, y1 = bar_x + bar_px, y0 + map_h
+        canvas[y0 - 1, bar_x - 1 : x1 + 1] = TEXT
+        canvas[y1, bar_x - 1 : x1 + 1] = TEXT
+        canvas[y0 - 1 : y1 + 1, bar_x - 1] = TEXT
+        canvas[y0 - 1 : y1 + 1, x1] = TEXT
+        for text, fraction in zip(labels, (0.0, 0.5, 1.0), strict=True):
+            centre = y0 + round(fraction * (map_h - 1))
+            y = min(max(centre - line_px // 2, 0), height - line_px) - ink_top
+            canvas[centre, x1 : x1 + pad // 2 + 1] = TEXT
+            _draw_text(canvas, x1 + pad, y, text, font)
+    return encode_png(canvas, _palette(colormap))

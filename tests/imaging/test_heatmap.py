@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageDraw
 
 from imaging.colormaps import LUTS
 from imaging.heatmap import (
@@ -18,6 +18,10 @@ from imaging.heatmap import (
     NO_DATA_HATCH_RGB,
     NO_DATA_RGB,
     SMOOTH_BLOCK_PX,
+    TEXT,
+    _draw_text,
+    _font,
+    encode_png,
     grid_stats,
     histogram,
     render_heatmap,
@@ -499,3 +503,47 @@ def test_grid_stats_are_ordered(grid: Grid) -> None:
         assert stats is not None
         low, high, mean = stats
         assert low <= mean <= high
+
+
+@settings(deadline=None, max_examples=80)
+@given(
+    pixels=st.integers(min_value=1, max_value=40).flatmap(
+        lambda width: st.lists(
+            st.lists(st.integers(0, 255), min_size=width, max_size=width), min_size=1, max_size=30
+        )
+    ),
+    palette=st.binary(min_size=768, max_size=768),
+)
+def test_encode_png_round_trips_through_pillow(pixels: list[list[int]], palette: bytes) -> None:
+    array = np.array(pixels, dtype=np.uint8)
+    image = Image.open(io.BytesIO(encode_png(array, palette)))
+    image.load()  # checks every chunk's CRC and the deflate stream
+    assert image.mode == "P"
+    assert np.array_equal(np.asarray(image), array)
+    assert bytes(image.getpalette() or []) == palette
+
+
+@pytest.mark.parametrize("size", [8, 16, 21])
+@pytest.mark.parametrize("text", ["node-7  2026-11-24T02:33:21Z  partial 96%", "-12.5 °C"])
+def test_text_from_cached_glyphs_matches_pillows_own(size: int, text: str) -> None:
+    font, _, line_px = _font(size)
+    ours = np.zeros((line_px * 3, size * len(text)), dtype=np.uint8)
+    _draw_text(ours, 4, 4, text, font)
+    image = Image.new("P", (ours.shape[1], ours.shape[0]), 0)
+    draw = ImageDraw.Draw(image)
+    draw.fontmode = "1"
+    draw.text((4, 4), text, fill=TEXT, font=font)
+    theirs = np.asarray(image)
+    ink, reference = np.argwhere(ours == TEXT), np.argwhere(theirs == TEXT)
+    # Glyphs are placed without kerning: the same ink, shifted by at most a pixel or two.
+    assert abs(len(ink) - len(reference)) <= 0.03 * len(reference)
+    assert np.abs(ink.min(axis=0) - reference.min(axis=0)).max() <= 1
+    assert np.abs(ink.max(axis=0) - reference.max(axis=0)).max() <= 2
+
+
+def test_text_running_off_the_canvas_is_clipped() -> None:
+    font, _, _ = _font(16)
+    canvas = np.zeros((10, 30), dtype=np.uint8)
+    for x, y in [(-15, -8), (20, 5), (-100, 0), (0, 50)]:
+        _draw_text(canvas, x, y, "88.8 °C", font)
+    assert (canvas == TEXT).any()
