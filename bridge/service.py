@@ -43,6 +43,7 @@ from bridge.ttn import (
 )
 from db.gridpack import pack_grid
 from db.store import (
+    UPLINK_KEY_CHARS,
     AlarmRecord,
     DeviceRecord,
     StorageUnavailable,
@@ -156,8 +157,13 @@ class Bridge:
                 self._handle_parsed(message)
             return
         announcements: list[Announcement] = []
+        first_seen: dict[str, datetime] = {}
+        for message in messages:
+            if isinstance(message, Uplink):
+                first_seen.setdefault(message.device_id, message.received_at)
         try:
-            with self._lock, self.store.batch():
+            with self._lock, self.store.batch() as tx:
+                tx.prefetch([m.uplink_id for m in messages if isinstance(m, Uplink)], first_seen)
                 for message in messages:
                     announcements += self._apply(message)
         except StorageUnavailable:
@@ -297,7 +303,7 @@ class Bridge:
     def _log_uplink(self, tx: Tx, up: Uplink, error: str | None) -> None:
         tx.record_uplink(
             {
-                "uplink_key": up.uplink_id[:160],
+                "uplink_key": up.uplink_id[:UPLINK_KEY_CHARS],
                 "device_id": up.device_id,
                 "f_cnt": up.f_cnt,
                 "f_port": up.f_port,
@@ -389,10 +395,13 @@ class Bridge:
                 frame = event.frame
                 if device is None or device.device_id != frame.device_id:
                     device = tx.device_for_update(frame.device_id, frame.last_received_at)
-                out += self._store_frame(tx, device, frame)
+                first = not isinstance(event, FrameUpdated)  # else it was stored before
+                out += self._store_frame(tx, device, frame, first)
         return out
 
-    def _store_frame(self, tx: Tx, device: DeviceRecord, frame: Frame) -> list[Announcement]:
+    def _store_frame(
+        self, tx: Tx, device: DeviceRecord, frame: Frame, first: bool = False
+    ) -> list[Announcement]:
         stats = grid_stats(frame.grid)
         temp_min, temp_max, temp_mean = stats if stats else (None, None, None)
         caption = f"{frame.device_id}  {format_time(frame.first_received_at)}"
@@ -432,7 +441,7 @@ class Bridge:
             "grid": pack_grid(frame.grid),
             "png": png,
         }
-        frame_id, changed = tx.upsert_frame(values)
+        frame_id, changed = tx.upsert_frame(values, first)
         tx.close_open_fragments(
             frame.device_id, Mode(frame.mode).label, frame.frame_number, frame.opened_at
         )

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +29,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -38,6 +39,7 @@ from db import schema as t
 log = logging.getLogger(__name__)
 
 PENDING_STATUSES = ("queued", "sent", "acked", "nacked")
+UPLINK_KEY_CHARS = 160  # the uplink log's key column
 FINAL_STATUSES = ("applied", "failed", "superseded")
 
 
@@ -113,6 +115,7 @@ class DeviceRecord:
     invalid_uplinks: int
     desired_step: int | None = None  # compressed mode's step in °C/10
     reported_step: int | None = None
+    protocol_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +221,7 @@ def _device(row: Any) -> DeviceRecord:
         invalid_uplinks=row.invalid_uplinks or 0,
         desired_step=row.desired_step,
         reported_step=row.reported_step,
+        protocol_version=row.protocol_version,
     )
 
 
@@ -317,6 +321,12 @@ def _insert_unless_present(conn: Connection, table: Any, values: dict[str, Any])
     """One INSERT that leaves the row alone if a unique key already holds it (no other error
     is hidden): ON DUPLICATE KEY UPDATE of the key to itself on MySQL/MariaDB, ON CONFLICT DO
     NOTHING on SQLite."""
+    _insert_many_unless_present(conn, table, [values])
+
+
+def _insert_many_unless_present(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+    """`_insert_unless_present` for many rows in one multi-row INSERT."""
+    values: Any = rows[0] if len(rows) == 1 else rows
     if conn.dialect.name in ("mysql", "mariadb"):
         from sqlalchemy.dialects.mysql import insert as mysql_insert
 
@@ -326,6 +336,29 @@ def _insert_unless_present(conn: Connection, table: Any, values: dict[str, Any])
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         conn.execute(sqlite_insert(table).on_conflict_do_nothing(), values)
+
+
+def _upsert_many(
+    conn: Connection, table: Any, rows: list[dict[str, Any]], columns: list[str]
+) -> None:
+    """One multi-row INSERT whose rows, where the primary key already holds one, set only
+    `columns` of it (ON DUPLICATE KEY UPDATE on MySQL/MariaDB, ON CONFLICT on SQLite)."""
+    if conn.dialect.name in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        my = mysql_insert(table)
+        conn.execute(my.on_duplicate_key_update({c: my.inserted[c] for c in columns}), rows)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        lite = sqlite_insert(table)
+        conn.execute(
+            lite.on_conflict_do_update(
+                index_elements=list(table.primary_key.columns),
+                set_={c: lite.excluded[c] for c in columns},
+            ),
+            rows,
+        )
 
 
 class Tx:
@@ -339,7 +372,7 @@ class Tx:
     def uplink_seen(self, uplink_key: str) -> bool:
         """True when this uplink is already in the log (a redelivery)."""
         found = self.conn.execute(
-            select(t.uplinks.c.id).where(t.uplinks.c.uplink_key == uplink_key)
+            select(t.uplinks.c.id).where(t.uplinks.c.uplink_key == uplink_key[:UPLINK_KEY_CHARS])
         ).first()
         return found is not None
 
@@ -402,11 +435,13 @@ class Tx:
 
     # frames
 
-    def upsert_frame(self, values: dict[str, Any]) -> tuple[int, bool]:
+    def upsert_frame(self, values: dict[str, Any], first: bool = False) -> tuple[int, bool]:
         """Insert a frame or improve the stored one; returns (frame_id, changed).
 
         A stored frame is only replaced by one that carries more fragments, so a late or
-        second writer can never turn a complete frame back into a partial one.
+        second writer can never turn a complete frame back into a partial one. `first` says
+        the caller has not stored this frame before; a batch then inserts it without looking
+        (a second writer's copy makes the batch fail and be redone here, one by one).
         """
         c = t.frames.c
         row = self.conn.execute(
@@ -587,6 +622,187 @@ class Tx:
         )
 
 
+class BatchTx(Tx):
+    """The transaction of a batch of uplinks: fewer round trips for the same writes.
+
+    `prefetch` reads the batch's devices (locked, in key order), which of its uplinks are
+    already logged, and its devices' active alarms, one query each. The writes nothing in the
+    batch reads back (the uplink log, open fragments, ambient readings, device columns, the
+    removal of a stored frame's fragments) wait in memory and go out as one multi-row statement
+    each in `flush`, just before the commit. Frames, alarms and downlinks are written at once.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        self._asked: set[str] = set()  # uplink keys looked up by prefetch
+        self._seen: set[str] = set()  # ... of them, those logged, and those logged since
+        self._devices: dict[str, DeviceRecord] = {}
+        self._dirty: dict[str, dict[str, Any]] = {}
+        self._alarms: dict[str, dict[str, AlarmRecord]] = {}
+        self._uplinks: list[dict[str, Any]] = []
+        self._fragments: list[dict[str, Any]] = []
+        self._closed: list[tuple[str, str, int, datetime]] = []
+        self._ambient: dict[tuple[str, datetime], dict[str, Any]] = {}
+
+    def prefetch(self, uplink_keys: Sequence[str], devices: dict[str, datetime]) -> None:
+        """Read what the batch will ask for: which uplinks are logged, and the devices (created
+        if new, with the time given for each) locked for the batch, with their active alarms."""
+        keys = sorted({key[:UPLINK_KEY_CHARS] for key in uplink_keys} - self._asked)
+        self._asked.update(keys)
+        if keys:
+            c = t.uplinks.c
+            found = self.conn.execute(select(c.uplink_key).where(c.uplink_key.in_(keys)))
+            self._seen.update(row.uplink_key for row in found)
+        ids = sorted(set(devices) - self._devices.keys())
+        if not ids:
+            return
+        query = select(t.devices).where(t.devices.c.device_id.in_(ids))
+        if self.conn.dialect.name in ("mysql", "mariadb"):
+            query = query.with_for_update()
+        for row in self.conn.execute(query.order_by(t.devices.c.device_id)):
+            self._devices[row.device_id] = _device(row)
+        new = [_new_device(i, devices[i]) for i in ids if i not in self._devices]
+        if new:
+            self.conn.execute(insert(t.devices), new)
+            self._devices.update((row["device_id"], _device(SimpleNamespace(**row))) for row in new)
+        a = t.alarms.c
+        for device_id in ids:
+            self._alarms.setdefault(device_id, {})
+        for row in self.conn.execute(
+            select(t.alarms).where(a.device_id.in_(ids), a.active.is_(True))
+        ):
+            self._alarms[row.device_id][row.kind] = _alarm(row)
+
+    def uplink_seen(self, uplink_key: str) -> bool:
+        """True when this uplink is logged, or was earlier in the batch."""
+        key = uplink_key[:UPLINK_KEY_CHARS]
+        if key in self._seen:
+            return True
+        return key not in self._asked and super().uplink_seen(key)
+
+    def record_uplink(self, values: dict[str, Any]) -> None:
+        self._seen.add(values["uplink_key"])
+        self._uplinks.append(values)
+
+    def device_for_update(self, device_id: str, now: datetime) -> DeviceRecord:
+        device = self._devices.get(device_id)
+        if device is None:
+            device = self._devices[device_id] = super().device_for_update(device_id, now)
+        return device
+
+    def update_device(self, device_id: str, **values: Any) -> None:
+        if not values:
+            return
+        self._devices[device_id] = replace(self.device_for_update(device_id, _NO_TIME), **values)
+        self._dirty.setdefault(device_id, {}).update(values)
+
+    def add_open_fragment(self, values: dict[str, Any]) -> None:
+        self._fragments.append(values)
+
+    def close_open_fragments(
+        self, device_id: str, mode: str, frame_number: int, opened_at: datetime
+    ) -> None:
+        key = (device_id, mode, frame_number, opened_at)
+        self._fragments = [f for f in self._fragments if _fragment_key(f) != key]
+        self._closed.append(key)
+
+    def upsert_frame(self, values: dict[str, Any], first: bool = False) -> tuple[int, bool]:
+        if not first:
+            return super().upsert_frame(values)
+        result = self.conn.execute(insert(t.frames), values)
+        return int(result.inserted_primary_key[0]), True
+
+    def add_ambient(self, device_id: str, at: datetime, temperature: float) -> bool:
+        """Store an ambient reading once per (device, time). True unless the batch holds it
+        already: a copy already in the database (only a second writer makes one) is left as
+        it is, and then announced once more."""
+        if (device_id, at) in self._ambient:
+            return False
+        self._ambient[(device_id, at)] = {
+            "device_id": device_id,
+            "at": at,
+            "temperature": temperature,
+        }
+        return True
+
+    def active_alarm(self, device_id: str, kind: str) -> AlarmRecord | None:
+        return self.active_alarms(device_id).get(kind)
+
+    def active_alarms(self, device_id: str) -> dict[str, AlarmRecord]:
+        known = self._alarms.get(device_id)
+        if known is None:
+            known = self._alarms[device_id] = super().active_alarms(device_id)
+        return dict(known)
+
+    def open_alarm(
+        self, device_id: str, kind: str, value: float | None, limit: float | None, at: datetime
+    ) -> AlarmRecord:
+        self.active_alarms(device_id)
+        record = super().open_alarm(device_id, kind, value, limit, at)
+        self._alarms[device_id][kind] = record
+        return record
+
+    def close_alarm(self, alarm: AlarmRecord, value: float | None, at: datetime) -> AlarmRecord:
+        self.active_alarms(alarm.device_id)
+        self._alarms[alarm.device_id].pop(alarm.kind, None)
+        return super().close_alarm(alarm, value, at)
+
+    def flush(self) -> None:
+        """Write what waits in memory: one statement per table, in an order that keeps the
+        fragments of a frame reopened after its store."""
+        if self._uplinks:
+            self.conn.execute(insert(t.uplinks), self._uplinks)
+        if self._closed:
+            c = t.open_fragments.c
+            self.conn.execute(
+                delete(t.open_fragments).where(
+                    tuple_(c.device_id, c.mode, c.frame_number, c.opened_at).in_(self._closed)
+                )
+            )
+        if self._fragments:
+            _insert_many_unless_present(self.conn, t.open_fragments, self._fragments)
+        if self._ambient:
+            _insert_many_unless_present(self.conn, t.ambient, list(self._ambient.values()))
+        if self._dirty:
+            columns = sorted({column for changes in self._dirty.values() for column in changes})
+            rows = []
+            for device_id in sorted(self._dirty):
+                device = self._devices[device_id]
+                row = {c: getattr(device, c) for c in (*_DEVICE_REQUIRED, *columns)}
+                rows.append(row)
+            _upsert_many(self.conn, t.devices, rows, columns)
+        self._uplinks, self._fragments, self._closed = [], [], []
+        self._ambient, self._dirty = {}, {}
+
+
+_NO_TIME = datetime.min  # a device read back for an update is always known already
+_DEVICE_REQUIRED = (
+    "device_id",
+    "created_at",
+    "online",
+    "uplinks",
+    "lost_uplinks",
+    "invalid_uplinks",
+)
+
+
+def _new_device(device_id: str, now: datetime) -> dict[str, Any]:
+    """The row of a device first seen now."""
+    return {
+        **{c.name: None for c in t.devices.c},
+        "device_id": device_id,
+        "created_at": now,
+        "online": False,
+        "uplinks": 0,
+        "lost_uplinks": 0,
+        "invalid_uplinks": 0,
+    }
+
+
+def _fragment_key(values: dict[str, Any]) -> tuple[str, str, int, datetime]:
+    return (values["device_id"], values["mode"], values["frame_number"], values["opened_at"])
+
+
 # --- the store ----------------------------------------------------------------------------
 
 
@@ -617,17 +833,20 @@ class Store:
             yield Tx(conn)
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> Iterator[BatchTx]:
         """One transaction for every `transaction()` of this thread inside it: one commit for
-        many messages (the commit, and its log flush, is the dearest part of a small write).
-        Any exception rolls back all of it."""
-        if getattr(self._batch, "tx", None) is not None:
-            yield  # already in a batch: join it
+        many messages (the commit, and its log flush, is the dearest part of a small write),
+        with the writes that can wait sent together just before it (`BatchTx`). Any exception
+        rolls back all of it."""
+        joined: BatchTx | None = getattr(self._batch, "tx", None)
+        if joined is not None:
+            yield joined  # already in a batch: join it
             return
         with _unavailable_on_lost_server(), self.engine.begin() as conn:
-            self._batch.tx = Tx(conn)
+            tx = self._batch.tx = BatchTx(conn)
             try:
-                yield
+                yield tx
+                tx.flush()
             finally:
                 self._batch.tx = None
 
@@ -666,7 +885,9 @@ class Store:
         c = t.devices.c
         with self._read() as conn:
             rows = conn.execute(
-                select(t.devices).where(c.online.is_(True), c.last_seen < cutoff)
+                select(t.devices)
+                .where(c.online.is_(True), c.last_seen < cutoff)
+                .order_by(c.device_id)
             ).all()
         return [_device(r) for r in rows]
 
@@ -865,6 +1086,7 @@ __all__ = [
     "PENDING_STATUSES",
     "AlarmRecord",
     "AmbientRecord",
+    "BatchTx",
     "DeviceRecord",
     "DownlinkRecord",
     "DownlinkStep",

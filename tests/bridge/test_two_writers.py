@@ -40,19 +40,28 @@ def stream(rng: random.Random) -> list[bytes]:
     return bodies
 
 
-def run_two_bridges(url: str, bodies: list[bytes], first_goes: list[bool]) -> Store:
-    """Both bridges handle every body in order; first_goes[k] says who takes step k."""
+def run_two_bridges(
+    url: str, bodies: list[bytes], first_goes: list[bool], sizes: list[int] | None = None
+) -> Store:
+    """Both bridges handle every body in order; first_goes[k] says who takes step k, and
+    sizes[k] (when given) how many bodies it takes at once, as one batch."""
     store = Store.from_url(url)
     upgrade(store.engine)
     bridges = [Bridge(bridge_config("127.0.0.1", 1, url), Store.from_url(url), Recorder())]
     bridges.append(Bridge(bridge_config("127.0.0.1", 1, url), Store.from_url(url), Recorder()))
-    done = [0, 0]
-    for step in range(2 * len(bodies)):
+    done, step = [0, 0], 0
+    while min(done) < len(bodies):
         who = 0 if first_goes[step % len(first_goes)] else 1
         if done[who] == len(bodies):
             who = 1 - who
-        bridges[who].handle_message(bodies[done[who]])
-        done[who] += 1
+        if sizes is None:
+            bridges[who].handle_message(bodies[done[who]])
+            done[who] += 1
+        else:
+            taken = bodies[done[who] : done[who] + sizes[step % len(sizes)]]
+            bridges[who].handle_messages(taken)
+            done[who] += len(taken)
+        step += 1
     for bridge in bridges:  # long after the last uplink: any frame still open would time out
         bridge.tick(at_seconds(len(bodies) + 3600))
     return store
@@ -83,6 +92,38 @@ def test_any_interleaving_of_two_bridges_stores_everything_once(
     path: Path = tmp_path_factory.mktemp("two") / "thermal.sqlite3"
     bodies = stream(random.Random(seed))
     store = run_two_bridges(f"sqlite:///{path}", bodies, first_goes)
+    try:
+        assert_stored_once(store, bodies)
+    finally:
+        store.engine.dispose()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    first_goes=st.lists(st.booleans(), min_size=1, max_size=30),
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=30),
+)
+def test_two_bridges_taking_batches_store_everything_once(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, first_goes: list[bool], sizes: list[int]
+) -> None:
+    path: Path = tmp_path_factory.mktemp("two") / "thermal.sqlite3"
+    bodies = stream(random.Random(seed))
+    store = run_two_bridges(f"sqlite:///{path}", bodies, first_goes, sizes)
+    try:
+        assert_stored_once(store, bodies)
+    finally:
+        store.engine.dispose()
+
+
+def test_two_bridges_taking_batches_on_mariadb_store_everything_once(mysql_url: str) -> None:
+    rng = random.Random(9)
+    bodies = stream(rng)
+    first_goes = [rng.random() < 0.5 for _ in range(len(bodies))]
+    sizes = [rng.randint(1, 10) for _ in range(len(bodies))]
+    store = run_two_bridges(mysql_url, bodies, first_goes, sizes)
     try:
         assert_stored_once(store, bodies)
     finally:
