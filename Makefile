@@ -36,7 +36,13 @@ unit: $(STAMP)
 
 # Every benchmark in turn (about 10 minutes on 2 cores), each appending to BENCHMARKS.md;
 # BENCH_ARGS=--quick for a short smoke run of each that records nothing.
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/core.py $(BENCH_ARGS)
 	$(BIN)/python bench/render.py $(BENCH_ARGS)
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)

@@ -454,12 +454,14 @@ class MosquittoServer(Service):
         base_dir: Path | str | None = None,
         port: int | None = None,
         autosave_on_changes: bool = False,
+        max_inflight_messages: int | None = None,
     ) -> None:
         self.binary = find_binary("mosquitto")
         super().__init__(base_dir, port)
         self.conf = self.dir / "mosquitto.conf"
         self.broker_log = self.dir / "mosquitto.log"
         self.autosave_on_changes = autosave_on_changes
+        self.max_inflight_messages = max_inflight_messages  # None: Mosquitto's default, 20
         self._runs_before = 0
 
     def _write_conf(self) -> None:
@@ -473,6 +475,11 @@ class MosquittoServer(Service):
             *(["autosave_on_changes true"] if self.autosave_on_changes else []),
             "autosave_interval 1",
             "max_queued_messages 100000",
+            *(
+                [f"max_inflight_messages {self.max_inflight_messages}"]
+                if self.max_inflight_messages is not None
+                else []
+            ),
             f"log_dest file {self.broker_log}",
             "log_type error",
             "log_type warning",
