@@ -35,6 +35,11 @@ RETRY_MAX_S = 15.0
 # Messages already waiting are handled together, in one database transaction (see
 # Bridge.handle_messages); the cap bounds what one rolled-back batch has to redo.
 BATCH_MAX_MESSAGES = 200
+# After the first message of a batch, wait this long for more. A lone uplink costs about 8
+# database round trips and a batch of five about 2 each (BENCHMARKS.md, the bridge alone), so at
+# a few hundred uplinks a second gathering them for a few milliseconds takes far less time than
+# it saves; at a trickle it only delays each uplink by this much.
+BATCH_LINGER_S = 0.008
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 60
 
@@ -70,6 +75,7 @@ class MqttAdapter:
         client_id: str | None = None,
         on_connected: Callable[[], None] | None = None,
         handle_batch: Callable[[Sequence[bytes]], None] | None = None,
+        linger_s: float = BATCH_LINGER_S,
     ) -> None:
         if not config.tls and not is_loopback(config.host) and not config.tls_insecure_allowed:
             raise ConfigError(
@@ -79,6 +85,7 @@ class MqttAdapter:
         self.config = config
         self.handle = handle
         self.handle_batch = handle_batch
+        self.linger_s = linger_s
         self.spawn = spawn
         self.sleep = sleep
         self.on_connected = on_connected
@@ -179,10 +186,11 @@ class MqttAdapter:
             if message is None:
                 return
             batch = [message]
-            # Under load, take what is already waiting too: one database transaction for all.
+            # Take what is waiting or comes within the linger too: one transaction for all.
+            until = time.monotonic() + self.linger_s
             while self.handle_batch is not None and len(batch) < BATCH_MAX_MESSAGES:
                 try:
-                    more = self.messages.get_nowait()
+                    more = self.messages.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:

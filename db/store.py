@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
 from db import schema as t
 
@@ -68,13 +69,30 @@ def make_engine(url: str) -> Engine:
         return engine
     engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_recycle=3600,
         pool_size=10,
         max_overflow=20,
         connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
         pool_reset_on_return=None,  # _reset_mysql below decides
     )
+
+    @event.listens_for(engine, "checkin")
+    def _note_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        # Pre-ping, but only a connection that sat in the pool for a while: the bridge's worker
+        # takes one transaction after another, and a ping before each was one round trip in
+        # ten. A server that went away within PING_AFTER_IDLE_S shows up on the first
+        # statement instead (StorageUnavailable: the message is retried, nothing is lost).
+        returned = record.info.get("returned_at")
+        if returned is not None and time.monotonic() - returned < PING_AFTER_IDLE_S:
+            return
+        try:
+            dbapi_conn.ping(reconnect=False)
+        except Exception as exc:  # the pool replaces the connection and tries again
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
 
     @event.listens_for(engine, "reset")
     def _reset_mysql(dbapi_conn: Any, _record: Any, state: Any) -> None:
@@ -89,6 +107,7 @@ def make_engine(url: str) -> Engine:
 
 
 _SERVER_STATUS_IN_TRANS = 1  # MySQL protocol: SERVER_STATUS_IN_TRANS in OK / EOF packets
+PING_AFTER_IDLE_S = 1.0
 
 
 # --- records returned to callers ----------------------------------------------------------
@@ -625,8 +644,9 @@ class Tx:
 class BatchTx(Tx):
     """The transaction of a batch of uplinks: fewer round trips for the same writes.
 
-    `prefetch` reads the batch's devices (locked, in key order), which of its uplinks are
-    already logged, and its devices' active alarms, one query each. The writes nothing in the
+    `prefetch` reads the batch's devices (locked, in key order) and which of its uplinks are
+    already logged, one query each; the devices' active alarms are read together when first
+    asked for. The writes nothing in the
     batch reads back (the uplink log, open fragments, ambient readings, device columns, the
     removal of a stored frame's fragments) wait in memory and go out as one multi-row statement
     each in `flush`, just before the commit. Frames, alarms and downlinks are written at once.
@@ -639,6 +659,7 @@ class BatchTx(Tx):
         self._devices: dict[str, DeviceRecord] = {}
         self._dirty: dict[str, dict[str, Any]] = {}
         self._alarms: dict[str, dict[str, AlarmRecord]] = {}
+        self._alarms_unread: set[str] = set()  # devices whose active alarms are read on need
         self._uplinks: list[dict[str, Any]] = []
         self._fragments: list[dict[str, Any]] = []
         self._closed: list[tuple[str, str, int, datetime]] = []
@@ -646,7 +667,7 @@ class BatchTx(Tx):
 
     def prefetch(self, uplink_keys: Sequence[str], devices: dict[str, datetime]) -> None:
         """Read what the batch will ask for: which uplinks are logged, and the devices (created
-        if new, with the time given for each) locked for the batch, with their active alarms."""
+        if new, with the time given for each) locked for the batch."""
         keys = sorted({key[:UPLINK_KEY_CHARS] for key in uplink_keys} - self._asked)
         self._asked.update(keys)
         if keys:
@@ -665,13 +686,7 @@ class BatchTx(Tx):
         if new:
             self.conn.execute(insert(t.devices), new)
             self._devices.update((row["device_id"], _device(SimpleNamespace(**row))) for row in new)
-        a = t.alarms.c
-        for device_id in ids:
-            self._alarms.setdefault(device_id, {})
-        for row in self.conn.execute(
-            select(t.alarms).where(a.device_id.in_(ids), a.active.is_(True))
-        ):
-            self._alarms[row.device_id][row.kind] = _alarm(row)
+        self._alarms_unread.update(ids)
 
     def uplink_seen(self, uplink_key: str) -> bool:
         """True when this uplink is logged, or was earlier in the batch."""
@@ -729,10 +744,19 @@ class BatchTx(Tx):
         return self.active_alarms(device_id).get(kind)
 
     def active_alarms(self, device_id: str) -> dict[str, AlarmRecord]:
-        known = self._alarms.get(device_id)
-        if known is None:
-            known = self._alarms[device_id] = super().active_alarms(device_id)
-        return dict(known)
+        """A device's active alarms; the first asked reads those of every device of the batch
+        (most uplinks need none: only completed frames and returning nodes look)."""
+        if device_id not in self._alarms:
+            ids = sorted((self._alarms_unread | {device_id}) - self._alarms.keys())
+            self._alarms_unread.clear()
+            for unread in ids:
+                self._alarms[unread] = {}
+            a = t.alarms.c
+            for row in self.conn.execute(
+                select(t.alarms).where(a.device_id.in_(ids), a.active.is_(True))
+            ):
+                self._alarms[row.device_id][row.kind] = _alarm(row)
+        return dict(self._alarms[device_id])
 
     def open_alarm(
         self, device_id: str, kind: str, value: float | None, limit: float | None, at: datetime
