@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -100,6 +101,10 @@ def publish_paced(
     client.max_queued_messages_set(0)
     done = threading.Semaphore(0)
     client.on_publish = lambda *_a: done.release()
+    # No Nagle: each uplink leaves at its time instead of waiting for the previous one's ACK.
+    client.on_socket_open = lambda _c, _u, sock: sock.setsockopt(
+        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+    )
     client.connect(host, port)
     client.loop_start()
     sent: dict[tuple[str, str], float] = {}

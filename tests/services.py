@@ -475,6 +475,7 @@ class MosquittoServer(Service):
             *(["autosave_on_changes true"] if self.autosave_on_changes else []),
             "autosave_interval 1",
             "max_queued_messages 100000",
+            "set_tcp_nodelay true",
             *(
                 [f"max_inflight_messages {self.max_inflight_messages}"]
                 if self.max_inflight_messages is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -265,3 +266,11 @@ def test_malformed_input_is_counted_logged_skipped_and_the_bridge_keeps_working(
     assert "reserved" in text and "FPort 7" in text and "status must be 5 bytes" in text
     device = harness.store.device("noisy")
     assert device is not None and device.invalid_uplinks == 4
+
+
+def test_the_mqtt_socket_sends_without_nagle_delay(harness: BridgeHarness) -> None:
+    """The worker acknowledges each message with a small packet after its commit; with Nagle's
+    algorithm on (paho's default) each waited for the broker's ACK of the one before."""
+    sock = harness.adapter.client.socket()
+    assert sock is not None
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

@@ -1,5 +1,5 @@
-"""The MQTT adapter's worker: what is waiting, or arrives within the linger, goes to the bridge
-as one batch, and every message is acknowledged only after the bridge has handled it.
+"""The MQTT adapter's worker: what is waiting goes to the bridge as one batch, and every message
+is acknowledged only after the bridge has handled it.
 
 No broker here: messages are put on the adapter's queue as paho's `on_message` would, and the
 paho client's `ack` is replaced by a recorder."""
@@ -20,7 +20,7 @@ from tests.waiting import wait_for
 class Worker:
     """An adapter whose worker runs against recorders instead of a broker and a bridge."""
 
-    def __init__(self, linger_s: float) -> None:
+    def __init__(self) -> None:
         self.batches: list[list[bytes]] = []
         self.acked: list[int] = []
         self.events: list[str] = []  # "handled <n>" and "ack <mid>" in the order they happened
@@ -30,7 +30,6 @@ class Worker:
             MqttConfig(host="127.0.0.1", port=1, app_id="app", tenant="ttn", qos=1),
             self._one,
             handle_batch=self._many,
-            linger_s=linger_s,
         )
         self.adapter.client.ack = self._ack  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self.adapter._work, daemon=True)
@@ -59,28 +58,23 @@ class Worker:
         self.thread.join(10)
 
 
-def test_messages_arriving_within_the_linger_make_one_batch() -> None:
-    worker = Worker(linger_s=30.0)  # long enough that the test, not the clock, decides
-    worker.put(1)
-    worker.put(2)
-    worker.put(3)
-    worker.stop()  # the stop also ends the linger, after the batch is handled
-    assert worker.batches == [[b"body 1", b"body 2", b"body 3"]]
-    assert worker.acked == [1, 2, 3]
-
-
-def test_without_a_linger_a_lone_message_goes_at_once() -> None:
-    worker = Worker(linger_s=0.0)
+def test_a_lone_message_goes_at_once_and_what_waits_goes_together() -> None:
+    worker = Worker()
     worker.put(1)
     wait_for(lambda: worker.acked == [1], what="the lone message handled and acknowledged")
+    worker.release.clear()  # the bridge is busy with the next one while three more arrive
     worker.put(2)
-    wait_for(lambda: worker.acked == [1, 2], what="the second one too")
+    wait_for(lambda: worker.adapter.messages.empty(), what="the worker took message 2")
+    for mid in (3, 4, 5):
+        worker.put(mid)
+    worker.release.set()
+    wait_for(lambda: worker.acked == [1, 2, 3, 4, 5], what="everything acknowledged")
     worker.stop()
-    assert worker.batches == [[b"body 1"], [b"body 2"]]
+    assert worker.batches == [[b"body 1"], [b"body 2"], [b"body 3", b"body 4", b"body 5"]]
 
 
 def test_messages_are_acknowledged_only_after_their_batch_is_handled() -> None:
-    worker = Worker(linger_s=0.0)
+    worker = Worker()
     worker.release.clear()  # the bridge is busy: the first batch is not done yet
     worker.put(1)
     wait_for(lambda: worker.adapter.messages.empty(), what="the worker took the message")
@@ -94,7 +88,7 @@ def test_messages_are_acknowledged_only_after_their_batch_is_handled() -> None:
 
 
 def test_a_batch_holds_at_most_batch_max_messages() -> None:
-    worker = Worker(linger_s=0.0)
+    worker = Worker()
     worker.release.clear()
     worker.put(0)
     wait_for(lambda: worker.adapter.messages.empty(), what="the worker took the first message")
