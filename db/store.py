@@ -646,10 +646,10 @@ class BatchTx(Tx):
 
     `prefetch` reads the batch's devices (locked, in key order) and which of its uplinks are
     already logged, one query each; the devices' active alarms are read together when first
-    asked for. The writes nothing in the
-    batch reads back (the uplink log, open fragments, ambient readings, device columns, the
-    removal of a stored frame's fragments) wait in memory and go out as one multi-row statement
-    each in `flush`, just before the commit. Frames, alarms and downlinks are written at once.
+    asked for. The writes nothing in the batch reads back (the uplink log, open fragments,
+    ambient readings, device columns, the removal of a stored frame's fragments) wait in memory
+    and go out as one multi-row statement each in `flush`, just before the commit. Frames,
+    alarms and downlinks are written at once.
     """
 
     def __init__(self, conn: Connection) -> None:
@@ -706,10 +706,12 @@ class BatchTx(Tx):
         return device
 
     def update_device(self, device_id: str, **values: Any) -> None:
-        if not values:
-            return
-        self._devices[device_id] = replace(self.device_for_update(device_id, _NO_TIME), **values)
-        self._dirty.setdefault(device_id, {}).update(values)
+        device = self._devices.get(device_id)
+        if device is None:  # not read in this batch: there is no copy to keep in step
+            super().update_device(device_id, **values)
+        elif values:
+            self._devices[device_id] = replace(device, **values)
+            self._dirty.setdefault(device_id, {}).update(values)
 
     def add_open_fragment(self, values: dict[str, Any]) -> None:
         self._fragments.append(values)
@@ -799,7 +801,6 @@ class BatchTx(Tx):
         self._ambient, self._dirty = {}, {}
 
 
-_NO_TIME = datetime.min  # a device read back for an update is always known already
 _DEVICE_REQUIRED = (
     "device_id",
     "created_at",
