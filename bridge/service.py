@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -162,7 +163,7 @@ class Bridge:
             if isinstance(message, Uplink):
                 first_seen.setdefault(message.device_id, message.received_at)
         try:
-            with self._lock, self.store.batch() as tx:
+            with self._lock, self._counted_if_committed(), self.store.batch() as tx:
                 tx.prefetch([m.uplink_id for m in messages if isinstance(m, Uplink)], first_seen)
                 for message in messages:
                     announcements += self._apply(message)
@@ -185,6 +186,19 @@ class Bridge:
         for event, payload, device_id in announcements:
             self.announce(event, payload, device_id)
 
+    @contextmanager
+    def _counted_if_committed(self) -> Iterator[None]:
+        """Keep what is counted in the metrics inside only if no exception escapes: a
+        transaction that rolls back is redone (one by one, or by the adapter after an outage)
+        and counts its uplinks and frames again then. Call it holding self._lock."""
+        before = self.metrics.copy()
+        try:
+            yield
+        except BaseException:
+            self.metrics.clear()
+            self.metrics.update(before)
+            raise
+
     def _parse(self, body: bytes) -> Uplink | DownlinkEvent | None:
         """The message of a body, or None (counted and logged) if it is unusable or ignored."""
         try:
@@ -206,7 +220,7 @@ class Bridge:
     def _handle_parsed(self, message: Uplink | DownlinkEvent) -> None:
         for attempt in range(INTEGRITY_RETRIES):
             try:
-                with self._lock:
+                with self._lock, self._counted_if_committed():
                     announcements = self._apply(message)
                 break
             except StorageUnavailable:

@@ -185,6 +185,10 @@ def test_a_failed_batch_is_rolled_back_whole_and_redone_one_by_one(tmp_path: Pat
     bridge.handle_messages(bodies[50:])
 
     assert bridge.metrics["batches"] == 1, "the failed batch did not count"
+    counted = ("uplinks", "duplicate_uplinks", "frames_complete", "frames_partial")
+    assert {k: bridge.metrics[k] for k in counted} == {k: reference.metrics[k] for k in counted}, (
+        "what the rolled-back attempt counted is not counted twice"
+    )
     assert everything(flaky_url) == everything(ok_url)
     # Nothing of the rolled-back attempt was announced: every event once, as one by one.
     assert announced(flaky) == announced(ok)
