@@ -16,20 +16,19 @@ import json
 import logging
 import os
 import random
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from node_firmware import protocol
 from node_firmware.hardware import Downlink, JsonSettingsStore, settings_from_json
 from node_firmware.node import DEFAULT_SETTINGS, Node
 from node_firmware.protocol import Mode, ProtocolError, Settings
+from node_firmware.signals import stop_on_signals
 
 log = logging.getLogger("node_firmware")
 
@@ -266,30 +265,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, on_signal)
-    try:
-        node = build_dry_run_node(config) if args.dry_run else build_pi_node(config)
-        log.info(
-            "node running: %s mode, threshold %d °C, one uplink every %g s",
-            node.settings.mode.label,
-            node.settings.threshold,
-            config.interval_s,
-        )
-        run(node, config.interval_s, stop, count=args.count)
-    except Exception as exc:  # hardware missing, join failed: say so plainly, exit non-zero
-        log.error("the node stopped: %s", exc)
-        return 1
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    with stop_on_signals() as stop:
+        try:
+            node = build_dry_run_node(config) if args.dry_run else build_pi_node(config)
+            log.info(
+                "node running: %s mode, threshold %d °C, one uplink every %g s",
+                node.settings.mode.label,
+                node.settings.threshold,
+                config.interval_s,
+            )
+            run(node, config.interval_s, stop, count=args.count)
+        except Exception as exc:  # hardware missing, join failed: say so plainly, exit non-zero
+            log.error("the node stopped: %s", exc)
+            return 1
     return 0
 
 

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import random
-import signal
 import sys
 import threading
 import time
@@ -36,7 +35,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -46,6 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from node_firmware.hardware import Downlink
 from node_firmware.node import DEFAULT_SETTINGS, Node, SentUplink
 from node_firmware.protocol import Mode
+from node_firmware.signals import stop_on_signals
 from node_firmware.simulated import (
     BatteryRackScene,
     MemorySettingsStore,
@@ -1104,34 +1103,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             simulator.storage, simulator.app_id, key.value if key else None, port=args.storage_port
         ).start()
         print(f"storage integration on {storage_server.url}", flush=True)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, on_signal)
-    try:
+    with stop_on_signals() as stop:
         try:
-            simulator.start(rounds=args.rounds)
-        except ConnectionError as exc:
-            print(str(exc), file=sys.stderr)
-            return 1
-        print(
-            f"simulating {args.nodes} nodes on {simulator.host}:{simulator.port} "
-            f"(v3/{simulator.app_id}@{simulator.tenant}/devices/...); Ctrl-C stops",
-            flush=True,
-        )
-        while not stop.is_set() and not simulator.finished.wait(0.2):
-            pass
-    finally:
-        simulator.stop()
-        if storage_server is not None:
-            storage_server.stop()
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+            try:
+                simulator.start(rounds=args.rounds)
+            except ConnectionError as exc:
+                print(str(exc), file=sys.stderr)
+                return 1
+            print(
+                f"simulating {args.nodes} nodes on {simulator.host}:{simulator.port} "
+                f"(v3/{simulator.app_id}@{simulator.tenant}/devices/...); Ctrl-C stops",
+                flush=True,
+            )
+            while not stop.is_set() and not simulator.finished.wait(0.2):
+                pass
+        finally:
+            simulator.stop()
+            if storage_server is not None:
+                storage_server.stop()
     counts = ", ".join(f"{k} {v}" for k, v in sorted(simulator.published.items()))
     print(f"stopped; published: {counts or 'nothing'}", flush=True)
     return 0

@@ -53,6 +53,24 @@ def running_system(
         runtime.store.engine.dispose()
 
 
+class Pushed:
+    """A Socket.IO test client subscribed to every device, and what it has received so far."""
+
+    def __init__(self, app: Flask) -> None:
+        self.client = socketio.test_client(app)
+        self.client.emit("subscribe", {"devices": "*"})
+        self.received: list[dict[str, Any]] = []
+
+    def events(self, name: str, device_id: str) -> list[dict[str, Any]]:
+        """The payloads of the `name` events about one device, oldest first."""
+        self.received.extend(self.client.get_received())
+        return [
+            r["args"][0]
+            for r in self.received
+            if r["name"] == name and r["args"][0]["device_id"] == device_id
+        ]
+
+
 @pytest.fixture
 def system(mqtt_broker: Any, mysql_url: str) -> Iterator[tuple[Flask, Simulator]]:
     with running_system(mqtt_broker, mysql_url, "e2e-bridge", mode="fast", seed=3) as running:
@@ -63,20 +81,9 @@ def test_frames_flow_to_a_socket_client_and_settings_reach_the_node(
     system: tuple[Flask, Simulator],
 ) -> None:
     app, simulator = system
-    client = socketio.test_client(app)
-    client.emit("subscribe", {"devices": "*"})
-    received: list[dict[str, Any]] = []
-
-    def frames_of(device: str) -> list[dict[str, Any]]:
-        received.extend(client.get_received())
-        return [
-            r["args"][0]
-            for r in received
-            if r["name"] == "frame" and r["args"][0]["device_id"] == device
-        ]
-
+    pushed = Pushed(app)
     for device in ("node1", "node2"):
-        frame = wait_for(lambda d=device: frames_of(d), what=f"a frame of {device}")[0]
+        frame = wait_for(lambda d=device: pushed.events("frame", d), what=f"a frame of {device}")[0]
         assert frame["mode"] == "fast" and frame["image"].startswith(b"\x89PNG")
     store = app.extensions["thermal"].store
     assert store.frame_count() >= 2
@@ -86,12 +93,7 @@ def test_frames_flow_to_a_socket_client_and_settings_reach_the_node(
     assert answer.status_code == 202, answer.get_json()
 
     def statuses() -> list[str]:
-        received.extend(client.get_received())
-        return [
-            r["args"][0]["status"]
-            for r in received
-            if r["name"] == "downlink" and r["args"][0]["device_id"] == "node1"
-        ]
+        return [event["status"] for event in pushed.events("downlink", "node1")]
 
     wait_for(lambda: "applied" in statuses(), what="the downlink to be applied")
     seen = statuses()

@@ -11,9 +11,8 @@ from flask import Flask
 
 from node_firmware.protocol import Mode
 from node_firmware.simulator import Simulator
-from tests.test_end_to_end import running_system
+from tests.test_end_to_end import Pushed, running_system
 from tests.waiting import wait_for
-from webapp import socketio
 
 pytestmark = pytest.mark.integration
 
@@ -36,19 +35,10 @@ def test_compressed_frames_reach_a_socket_client_whole(
     compressed_system: tuple[Flask, Simulator],
 ) -> None:
     app, simulator = compressed_system
-    client = socketio.test_client(app)
-    client.emit("subscribe", {"devices": "*"})
-    received: list[dict[str, Any]] = []
+    pushed = Pushed(app)
 
     def frames_of(device: str) -> list[dict[str, Any]]:
-        received.extend(client.get_received())
-        return [
-            r["args"][0]
-            for r in received
-            if r["name"] == "frame"
-            and r["args"][0]["device_id"] == device
-            and r["args"][0]["complete"]
-        ]
+        return [frame for frame in pushed.events("frame", device) if frame["complete"]]
 
     for device in ("cnode1", "cnode2"):
         frame = wait_for(lambda d=device: frames_of(d), what=f"a compressed frame of {device}")[0]
@@ -71,12 +61,7 @@ def test_compressed_frames_reach_a_socket_client_whole(
     assert answer.get_json()["settings"]["step"] == 0.5
 
     def statuses() -> list[str]:
-        received.extend(client.get_received())
-        return [
-            r["args"][0]["status"]
-            for r in received
-            if r["name"] == "downlink" and r["args"][0]["device_id"] == "cnode1"
-        ]
+        return [event["status"] for event in pushed.events("downlink", "cnode1")]
 
     wait_for(lambda: "applied" in statuses(), what="the compressed settings to be applied")
     node = simulator.nodes["cnode1"]
