@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import append_section, markdown_table, percentile, process_usage  # noqa: E402
-from bench.stack import Server, env_for, gunicorn_args, now_utc, scene  # noqa: E402
+from bench.stack import now_utc, scene  # noqa: E402
 from bridge.ttn import format_time  # noqa: E402
 from node_firmware.protocol import Mode, encode_fragment, fragment_frame  # noqa: E402
+from tests.processes import Server, app_env, gunicorn_args  # noqa: E402
 from tests.services import MariaDBServer, MosquittoServer, free_port  # noqa: E402
 from tests.ttn_messages import topic, uplink  # noqa: E402
 
@@ -107,7 +108,7 @@ def fan_out(
     device = f"fan-{worker}-{uuid.uuid4().hex[:4]}"
     server = Server(
         gunicorn_args(worker, port, connections=clients + 200),
-        env_for(broker.host, broker.port, db_url),
+        app_env(broker.host, broker.port, db_url),
         port,
         workdir / f"{worker}.log",
     )

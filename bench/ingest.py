@@ -52,15 +52,8 @@ from bench.common import (  # noqa: E402
     percentile,
     process_usage,
 )
-from bench.stack import (  # noqa: E402
-    FrameWatcher,
-    Server,
-    env_for,
-    gunicorn_args,
-    now_utc,
-    publish_in_process,
-    stream,
-)
+from bench.stack import FrameWatcher, now_utc, publish_in_process, stream  # noqa: E402
+from tests.processes import Server, app_env, gunicorn_args  # noqa: E402
 from tests.services import MariaDBServer, MosquittoServer, free_port  # noqa: E402
 from tests.ttn_messages import APP_ID, TENANT  # noqa: E402
 
@@ -311,7 +304,7 @@ def main() -> int:
         port = free_port()
         server = Server(
             gunicorn_args(args.worker, port),
-            env_for(broker.host, broker.port, db_url),
+            app_env(broker.host, broker.port, db_url),
             port,
             workdir / "server.log",
         )

@@ -7,10 +7,8 @@ free loopback ports with private directories, stopped at the end.
 
 from __future__ import annotations
 
-import os
 import random
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,9 +25,8 @@ if str(ROOT) not in sys.path:
 
 from bridge.ttn import format_time  # noqa: E402
 from node_firmware.protocol import Mode, encode_fragment, fragment_frame  # noqa: E402
-from tests.ttn_messages import APP_ID, TENANT, topic, uplink  # noqa: E402
-
-WAIT_S = 60.0
+from tests.processes import WAIT_S  # noqa: E402
+from tests.ttn_messages import topic, uplink  # noqa: E402
 
 
 def scene(seed: int) -> list[list[float | None]]:
@@ -140,76 +137,6 @@ def publish_in_process(
     )
     process.start()
     return process, results
-
-
-def env_for(mqtt_host: str, mqtt_port: int, db_url: str, **extra: str) -> dict[str, str]:
-    """The environment of a server process: broker, database, a fresh MQTT client id."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("THERMAL_")}
-    env.update(
-        THERMAL_MQTT_HOST=mqtt_host,
-        THERMAL_MQTT_PORT=str(mqtt_port),
-        THERMAL_MQTT_APP_ID=APP_ID,
-        THERMAL_MQTT_TENANT=TENANT,
-        THERMAL_MQTT_CLIENT_ID=f"bench-{uuid.uuid4().hex[:12]}",
-        THERMAL_DATABASE_URL=db_url,
-        PYTHONPATH=str(ROOT),
-        **extra,
-    )
-    return env
-
-
-def gunicorn_args(worker: str, port: int, connections: int = 2000) -> list[str]:
-    """gunicorn with one worker: eventlet (`--worker-connections`) or gthread (threads)."""
-    args = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}"]
-    args += ["--graceful-timeout", "5", "--timeout", "120", "--backlog", "4096"]
-    if worker == "eventlet":
-        args += ["-k", "eventlet", "--worker-connections", str(connections)]
-    else:
-        args += ["-k", "gthread", "--threads", str(min(connections, 1200))]
-    return [*args, "webapp:create_app()"]
-
-
-class Server:
-    """A server subprocess on a port, with its log; stopped at the end."""
-
-    def __init__(self, args: list[str], env: dict[str, str], port: int, log: Path) -> None:
-        self.port = port
-        self.log = log
-        self.proc = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT
-        )
-
-    def wait_ready(self) -> None:
-        import requests
-
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                health = requests.get(f"http://127.0.0.1:{self.port}/api/health", timeout=1)
-                if health.ok and health.json().get("mqtt") in ("connected", None):
-                    return
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready:\n{self.log.read_text()[-3000:]}")
-
-    @property
-    def worker_pid(self) -> int:
-        """The gunicorn worker's pid (the arbiter's only child), or the process itself."""
-        import psutil
-
-        children = psutil.Process(self.proc.pid).children()
-        return children[0].pid if children else self.proc.pid
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 class FrameWatcher:

@@ -5,9 +5,6 @@ arriving at the client, and a settings change reaching the broker as a down/repl
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,88 +18,12 @@ import socketio as sio_client
 
 from node_firmware.protocol import Mode, NodeStatus, encode_fragment, encode_status, fragment_frame
 from tests.bridge.harness import Publisher
+from tests.processes import WAIT_S, Server, app_env, gunicorn_args
+from tests.services import free_port
 from tests.ttn_messages import APP_ID, TENANT, topic, uplink
 from tests.webapp.fixtures import scene
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-WAIT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def env_for(broker: Any, db_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("THERMAL_")}
-    env.update(
-        THERMAL_MQTT_HOST=broker.host,
-        THERMAL_MQTT_PORT=str(broker.port),
-        THERMAL_MQTT_APP_ID=APP_ID,
-        THERMAL_MQTT_TENANT=TENANT,
-        THERMAL_MQTT_CLIENT_ID=f"server-test-{free_port()}",
-        THERMAL_DATABASE_URL=db_url,
-        PYTHONPATH=str(ROOT),
-        **extra,
-    )
-    return env
-
-
-class Server:
-    """A subprocess serving HTTP on a port, stopped at the end."""
-
-    def __init__(self, args: list[str], env: dict[str, str], port: int | None, log: Path) -> None:
-        self.port = port
-        self.log = log
-        self.proc = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT
-        )
-
-    def wait_ready(self) -> None:
-        deadline = threading.Event()
-        for _ in range(int(WAIT_S * 10)):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                health = requests.get(f"http://127.0.0.1:{self.port}/api/health", timeout=1)
-                # "connected" is set on SUBACK: before it, a published uplink could be missed.
-                if health.ok and health.json()["mqtt"] != "disconnected":
-                    return
-            except requests.RequestException:
-                pass
-            deadline.wait(0.1)
-        raise AssertionError(f"server not ready:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def gunicorn(worker: str, port: int) -> list[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-w",
-        "1",
-        "-b",
-        f"127.0.0.1:{port}",
-        "--graceful-timeout",
-        "5",
-        "--timeout",
-        "60",
-    ]
-    if worker == "eventlet":
-        args += ["-k", "eventlet"]
-    else:
-        args += ["-k", "gthread", "--threads", "50"]
-    return [*args, "webapp:create_app()"]
 
 
 def wait_for_line(log: Path, text: str, timeout_s: float = WAIT_S) -> None:
@@ -168,8 +89,8 @@ def test_gunicorn_worker_serves_bridge_and_push(
     worker: str, mqtt_broker: Any, db_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = env_for(mqtt_broker, db_url)
-    server = Server(gunicorn(worker, port), env, port, tmp_path / f"{worker}.log")
+    env = app_env(mqtt_broker.host, mqtt_broker.port, db_url)
+    server = Server(gunicorn_args(worker, port, 50), env, port, tmp_path / f"{worker}.log")
     try:
         server.wait_ready()
         publish_frame_and_settings(mqtt_broker, port)
@@ -184,9 +105,11 @@ def test_separate_bridge_process_pushes_through_redis(
     mqtt_broker: Any, db_url: str, redis_server: Any, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = env_for(mqtt_broker, db_url, THERMAL_MESSAGE_QUEUE=redis_server.url)
+    env = app_env(
+        mqtt_broker.host, mqtt_broker.port, db_url, THERMAL_MESSAGE_QUEUE=redis_server.url
+    )
     web = Server(
-        gunicorn("eventlet", port),
+        gunicorn_args("eventlet", port, 50),
         {**env, "THERMAL_RUN_BRIDGE": "false"},
         port,
         tmp_path / "web.log",
