@@ -345,28 +345,11 @@ def main() -> int:
 
 
 def _plans(server: MariaDBServer, database: str, store: Store, device: str, day: datetime) -> str:
-    """EXPLAIN of the two queries, built as db/store.py builds them."""
-    from sqlalchemy import and_, func, select
+    """EXPLAIN of the two queries, built by the functions db/store.py builds them with."""
+    from db.store import device_frames_query, latest_frames_query
 
-    from db import schema as t
-    from db.store import _FRAME_COLUMNS
-
-    f = t.frames.c
-    newest = (
-        select(f.device_id, func.max(f.first_received_at).label("at"))
-        .group_by(f.device_id)
-        .subquery()
-    )
-    latest = select(*_FRAME_COLUMNS).join(
-        newest, and_(f.device_id == newest.c.device_id, f.first_received_at == newest.c.at)
-    )
-    day_query = (
-        select(*_FRAME_COLUMNS)
-        .where(f.device_id == device, f.first_received_at >= day)
-        .where(f.first_received_at <= day + timedelta(days=1))
-        .order_by(f.first_received_at.desc(), f.frame_id.desc())
-        .limit(1000)
-    )
+    latest = latest_frames_query()
+    day_query = device_frames_query(device, day, day + timedelta(days=1), 1000)
     return (
         f"latest per device → {explain(server, database, store, latest)}; "
         f"one day → {explain(server, database, store, day_query)}"

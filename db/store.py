@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
     and_,
     create_engine,
     delete,
@@ -828,6 +829,38 @@ def _fragment_key(values: dict[str, Any]) -> tuple[str, str, int, datetime]:
     return (values["device_id"], values["mode"], values["frame_number"], values["opened_at"])
 
 
+# --- the dashboard's frame queries (also EXPLAINed by bench/storage.py) --------------------
+
+
+def latest_frames_query(device_ids: Sequence[str] | None = None) -> Select[Any]:
+    """The newest frame (by capture time) of each device, or of these."""
+    f = t.frames.c
+    newest = (
+        select(f.device_id, func.max(f.first_received_at).label("at"))
+        .group_by(f.device_id)
+        .subquery()
+    )
+    query = select(*_FRAME_COLUMNS).join(
+        newest, and_(f.device_id == newest.c.device_id, f.first_received_at == newest.c.at)
+    )
+    if device_ids is not None:
+        query = query.where(f.device_id.in_(list(device_ids)))
+    return query
+
+
+def device_frames_query(
+    device_id: str, since: datetime | None, until: datetime | None, limit: int
+) -> Select[Any]:
+    """A device's frames, newest first, within an optional time range."""
+    f = t.frames.c
+    query = select(*_FRAME_COLUMNS).where(f.device_id == device_id)
+    if since is not None:
+        query = query.where(f.first_received_at >= since)
+    if until is not None:
+        query = query.where(f.first_received_at <= until)
+    return query.order_by(f.first_received_at.desc(), f.frame_id.desc()).limit(limit)
+
+
 # --- the store ----------------------------------------------------------------------------
 
 
@@ -920,19 +953,8 @@ class Store:
 
     def latest_frames(self, device_ids: Sequence[str] | None = None) -> dict[str, FrameRecord]:
         """The newest frame of each device (by capture time)."""
-        f = t.frames.c
-        newest = (
-            select(f.device_id, func.max(f.first_received_at).label("at"))
-            .group_by(f.device_id)
-            .subquery()
-        )
-        query = select(*_FRAME_COLUMNS).join(
-            newest, and_(f.device_id == newest.c.device_id, f.first_received_at == newest.c.at)
-        )
-        if device_ids is not None:
-            query = query.where(f.device_id.in_(list(device_ids)))
         with self._read() as conn:
-            return {r.device_id: _frame(r) for r in conn.execute(query)}
+            return {r.device_id: _frame(r) for r in conn.execute(latest_frames_query(device_ids))}
 
     def hottest_devices(self, since: datetime | None, limit: int) -> list[tuple[str, float]]:
         """Devices by their maximum frame temperature since a time, hottest first."""
@@ -957,13 +979,7 @@ class Store:
         limit: int = 100,
     ) -> list[FrameRecord]:
         """A device's frames, newest first, within an optional time range."""
-        f = t.frames.c
-        query = select(*_FRAME_COLUMNS).where(f.device_id == device_id)
-        if since is not None:
-            query = query.where(f.first_received_at >= since)
-        if until is not None:
-            query = query.where(f.first_received_at <= until)
-        query = query.order_by(f.first_received_at.desc(), f.frame_id.desc()).limit(limit)
+        query = device_frames_query(device_id, since, until, limit)
         with self._read() as conn:
             return [_frame(r) for r in conn.execute(query)]
 

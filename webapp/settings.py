@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from node_firmware.hardware import settings_to_json as settings_to_json  # the API's spelling
 from node_firmware.protocol import (
     STEPS_C,
     THRESHOLD_MAX_C,
@@ -101,27 +102,4 @@ def merge_settings(current: Settings, change: SettingsChange) -> Settings:
         mode=mode,
         threshold=current.threshold if change.threshold is None else change.threshold,
         step=current.step if change.step is None else change.step,
-    )
-
-
-def settings_to_json(settings: Settings) -> dict[str, Any]:
-    """Settings as the API spells them: {"fan": "on", "mode": "fast", "threshold": 50}
-    (compressed mode adds "step")."""
-    data: dict[str, Any] = {
-        "fan": "on" if settings.fan else "off",
-        "mode": Mode(settings.mode).label,
-        "threshold": settings.threshold,
-    }
-    if settings.mode is Mode.COMPRESSED:
-        data["step"] = settings.step
-    return data
-
-
-def settings_from_json(data: dict[str, Any]) -> Settings:
-    """Inverse of settings_to_json (for stored settings)."""
-    return Settings(
-        fan=data.get("fan") == "on",
-        mode=Mode.from_label(str(data.get("mode", "slow"))),
-        threshold=int(data.get("threshold", DEFAULT_SETTINGS.threshold)),
-        step=float(data.get("step", DEFAULT_SETTINGS.step)),
     )
