@@ -296,6 +296,11 @@ def _draw_text(canvas: NDArray[np.uint8], x: int, y: int, text: str, font: Font)
             region[ink[top_cut:bottom, left_cut:right]] = TEXT
 
 
+def _text_width(text: str, font: Font) -> int:
+    """How wide `_draw_text` draws text: the sum of its glyphs' advances (no layout per frame)."""
+    return round(sum(_glyph(font, char)[3] for char in text))
+
+
 def encode_png(pixels: NDArray[np.uint8], palette: bytes) -> bytes:
     """An 8-bit palette image as PNG bytes (PNG spec: colour type 3, no filtering).
 
@@ -321,7 +326,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    crc = zlib.crc32(data, zlib.crc32(kind))  # over type and data, without joining them first
+    return b"".join((struct.pack(">I", len(data)), kind, data, struct.pack(">I", crc)))
 
 
 @lru_cache(maxsize=16)
@@ -377,7 +383,7 @@ def render_heatmap(
     labels = (_label(hi, known), _label((lo + hi) / 2, known), _label(lo, known))
     top = pad + (line_px + pad if caption else 0)
     bar_px = max(6, round(width * _SCALE_BAR_WIDTH_FRACTION))
-    label_px = min(max(round(font.getlength(text, mode="1")) for text in labels), width // 3)
+    label_px = min(max(_text_width(text, font) for text in labels), width // 3)
     right = pad + (bar_px + pad + label_px + pad if show_scale else 0)
     area_w, area_h = width - pad - right, height - top - pad
     decorated = area_w >= _MIN_HEATMAP_PX and area_h >= _MIN_HEATMAP_PX
