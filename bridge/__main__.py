@@ -111,6 +111,27 @@ def run_bridge(args: argparse.Namespace) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     bridge.publish = adapter.publish
+    metrics_server = None
+    if config.metrics_port:
+        from bridge import metrics
+        from db.counts import tallies
+
+        registry = metrics.registry_for(
+            metrics.BridgeCollector(lambda: bridge, adapter.connected.is_set),
+            metrics.StoreCollector(lambda: tallies(store.engine)),
+        )
+        try:
+            metrics_server = metrics.serve(
+                config, registry, config.metrics_host, config.metrics_port
+            )
+            log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+        except OSError as exc:  # e.g. a second bridge on this host: ingest matters more
+            log.error(
+                "metrics not served: %s:%d: %s (set metrics.port)",
+                config.metrics_host,
+                config.metrics_port,
+                exc.strerror or exc,
+            )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -126,6 +147,8 @@ def run_bridge(args: argparse.Namespace) -> int:
         except Exception:
             log.exception("tick failed")
     adapter.stop()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     return 0
 
 

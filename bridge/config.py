@@ -19,6 +19,10 @@ FRAME_TIMEOUT_S = 1800.0
 OFFLINE_AFTER_S = 300.0
 NON_UNIFORM_SPREAD_C = 10.0
 SETTINGS_PER_DAY = 10  # TTN fair-use policy: about 10 downlinks per node per day
+FRAMES_RETENTION_DAYS = 90
+UPLINKS_RETENTION_DAYS = 30
+SUMMARIES_RETENTION_DAYS = 3650
+METRICS_PORT = 9108  # python -m bridge's own /metrics (the webapp serves its own at /metrics)
 ENV_PREFIX = "THERMAL_"
 
 
@@ -128,7 +132,11 @@ class Config:
     rotate: int = 0
     flip_horizontal: bool = False
     flip_vertical: bool = False
-    uplink_retention_days: int = 30
+    uplink_retention_days: int = UPLINKS_RETENTION_DAYS
+    frames_retention_days: int = FRAMES_RETENTION_DAYS
+    summaries_retention_days: int = SUMMARIES_RETENTION_DAYS
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = METRICS_PORT  # 0: python -m bridge serves no metrics
     run_bridge: bool = True
     log_level: str = "INFO"
 
@@ -217,7 +225,17 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # Environment overrides: THERMAL_<SECTION>_<KEY> for nested keys, THERMAL_<KEY> for top level.
-_SECTIONS = ("mqtt", "web", "mysql", "storage_integration", "alarms", "imaging", "database")
+_SECTIONS = (
+    "mqtt",
+    "web",
+    "mysql",
+    "storage_integration",
+    "alarms",
+    "imaging",
+    "database",
+    "metrics",
+    "retention",
+)
 
 
 def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -282,6 +300,8 @@ def from_mapping(data: Mapping[str, Any]) -> Config:
     alarms = dict(data.get("alarms") or {})
     imaging = dict(data.get("imaging") or {})
     database = dict(data.get("database") or {})
+    retention = dict(data.get("retention") or {})
+    metrics = dict(data.get("metrics") or {})
 
     def tokens(key: str) -> tuple[Secret, ...]:
         raw = data.get(key) or ()
@@ -325,9 +345,22 @@ def from_mapping(data: Mapping[str, Any]) -> Config:
         rotate=rotate,
         flip_horizontal=_as_bool("imaging.flip_horizontal", imaging.get("flip_horizontal", False)),
         flip_vertical=_as_bool("imaging.flip_vertical", imaging.get("flip_vertical", False)),
+        # retention.uplinks_days; the first release's uplink_retention_days is still read.
         uplink_retention_days=_as_int(
-            "uplink_retention_days", data.get("uplink_retention_days", 30)
+            "retention.uplinks_days",
+            retention.get(
+                "uplinks_days", data.get("uplink_retention_days", UPLINKS_RETENTION_DAYS)
+            ),
         ),
+        frames_retention_days=_as_int(
+            "retention.frames_days", retention.get("frames_days", FRAMES_RETENTION_DAYS)
+        ),
+        summaries_retention_days=_as_int(
+            "retention.summaries_days",
+            retention.get("summaries_days", SUMMARIES_RETENTION_DAYS),
+        ),
+        metrics_host=_as_str("metrics.host", metrics.get("host", Config.metrics_host)),
+        metrics_port=_as_int("metrics.port", metrics.get("port", METRICS_PORT)),
         log_level=_as_str("log_level", data.get("log_level", "INFO")).upper(),
         run_bridge=_as_bool("run_bridge", data.get("run_bridge", True)),
     )
@@ -335,6 +368,15 @@ def from_mapping(data: Mapping[str, Any]) -> Config:
         raise ConfigError("frame_timeout_s must be positive")
     if config.offline_after_s <= 0:
         raise ConfigError("offline_after_s must be positive")
+    for key, days in (
+        ("retention.uplinks_days", config.uplink_retention_days),
+        ("retention.frames_days", config.frames_retention_days),
+        ("retention.summaries_days", config.summaries_retention_days),
+    ):
+        if days < 1:
+            raise ConfigError(f"{key} must be at least 1 (days), got {days}")
+    if not 0 <= config.metrics_port < 65536:
+        raise ConfigError(f"metrics.port must be 0..65535, got {config.metrics_port}")
     return config
 
 

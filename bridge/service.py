@@ -23,6 +23,7 @@ from bridge import announcements as ann
 from bridge.backfill import Backfiller
 from bridge.config import Config
 from bridge.downlinks import Downlinks, Publish
+from bridge.metrics import LatencyHistogram
 from bridge.reassembly import (
     DuplicateFragment,
     Event,
@@ -101,6 +102,7 @@ class Bridge:
         self.publish = publish
         self.downlinks = Downlinks(config, store, announce)
         self.metrics: Counter[str] = Counter()
+        self.ingest_latency = LatencyHistogram()  # received_at -> committed (bridge/metrics.py)
         self._reassembler: Reassembler | None = None
         # Per device, its uplink count as this process last wrote it. A different count under
         # the device's row lock means another writer (a second bridge started by mistake) has
@@ -183,6 +185,7 @@ class Bridge:
                     log.exception("unexpected error on a message of %s; skipped", message.device_id)
             return
         self.metrics["batches"] += 1
+        self._committed(messages)
         for event, payload, device_id in announcements:
             self.announce(event, payload, device_id)
 
@@ -198,6 +201,19 @@ class Bridge:
             self.metrics.clear()
             self.metrics.update(before)
             raise
+
+    def _committed(self, messages: Sequence[Uplink | DownlinkEvent]) -> None:
+        """Observe received_at -> now for the uplinks of a transaction that just committed."""
+        now = datetime.now(UTC)
+        for message in messages:
+            if isinstance(message, Uplink):
+                self.ingest_latency.observe((now - message.received_at).total_seconds())
+
+    def metrics_snapshot(self) -> tuple[dict[str, int], LatencyHistogram]:
+        """The counters as of the last commit (not mid-transaction: under the lock) and the
+        ingest latency histogram, for the metrics collectors."""
+        with self._lock:
+            return dict(self.metrics), self.ingest_latency
 
     def _parse(self, body: bytes) -> Uplink | DownlinkEvent | None:
         """The message of a body, or None (counted and logged) if it is unusable or ignored."""
@@ -234,6 +250,7 @@ class Bridge:
             self.metrics["failed_messages"] += 1
             log.error("giving up on a message after %d conflicts", INTEGRITY_RETRIES)
             return
+        self._committed((message,))
         for event, payload, device_id in announcements:
             self.announce(event, payload, device_id)
 
@@ -462,6 +479,7 @@ class Bridge:
         if not changed:
             return []
         self.metrics["frames_complete" if frame.complete else "frames_partial"] += 1
+        self.metrics[f"frames:{values['mode']}:{'true' if frame.complete else 'false'}"] += 1
         record = frame_record(frame_id, values)
         out: list[Announcement] = [("frame", ann.frame_event(record, png), frame.device_id)]
         out += self._evaluate_frame_alarms(tx, device, temp_min, temp_max, frame.last_received_at)

@@ -65,10 +65,12 @@ def create_app(config: Config | None = None, *, start_bridge: bool | None = None
     runtime = Runtime(config, socketio)
     app.extensions["thermal"] = runtime
 
-    from webapp import api, dashboard, push
+    from webapp import api, dashboard, metrics, push
 
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(metrics.bp)
+    app.extensions["thermal_metrics"] = metrics.build_registry(app, socketio)
     push.register(socketio)
     app.after_request(api.security_headers)
 

@@ -179,6 +179,15 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json(obj, "alarms"), **_errors(400, 401, 503)},
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics of this process (text exposition format)",
+                "responses": {
+                    "200": {"description": "metrics", "content": {"text/plain": {}}},
+                    **_errors(401),
+                },
+            }
+        },
         "/api/openapi.json": {
             "get": {"summary": "This document", "responses": {"200": _json(obj, "OpenAPI")}}
         },
