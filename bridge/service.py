@@ -44,6 +44,7 @@ from bridge.ttn import (
     parse_message,
 )
 from db.gridpack import pack_grid
+from db.retention import RetentionPolicy, RetentionSchedule
 from db.store import (
     UPLINK_KEY_CHARS,
     AlarmRecord,
@@ -110,7 +111,14 @@ class Bridge:
         self._known_uplinks: dict[str, int] = {}
         self._ambient: dict[str, _AmbientSeen] = {}
         self._lock = threading.RLock()
-        self._last_prune: datetime | None = None
+        self.retention = RetentionSchedule(
+            store.engine,
+            RetentionPolicy(
+                config.frames_retention_days,
+                config.uplink_retention_days,
+                config.summaries_retention_days,
+            ),
+        )
         self.backfiller: Backfiller | None = None
 
     # --- start-up -------------------------------------------------------------------------
@@ -606,13 +614,7 @@ class Bridge:
             self.downlinks.publish_outbox(self.publish)
         if self.backfiller is not None:
             self.backfiller.run_pending(now)
-        if self._last_prune is None or now - self._last_prune > timedelta(hours=1):
-            self._last_prune = now
-            pruned = self.store.prune_uplinks(
-                now - timedelta(days=self.config.uplink_retention_days)
-            )
-            if pruned:
-                log.info("pruned %d uplink log entries past retention", pruned)
+        self.retention.run_if_due()  # summaries and pruning, in a thread of their own
 
     def _mark_offline(self, now: datetime) -> list[Announcement]:
         cutoff = now - timedelta(seconds=self.config.offline_after_s)

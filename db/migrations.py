@@ -51,10 +51,16 @@ def _v3_frame_step(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE frames ADD COLUMN step SMALLINT NULL"))
 
 
+def _v10_frame_summaries(conn: Connection) -> None:
+    """Version 10: frame_summaries, the hourly summaries kept after frames are pruned."""
+    schema.frame_summaries.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _v1_initial),
     (2, "compressed mode: wider mode columns, step columns", _v2_compressed_mode),
     (3, "frame step", _v3_frame_step),
+    (10, "hourly frame summaries (retention)", _v10_frame_summaries),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]
 

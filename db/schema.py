@@ -218,3 +218,20 @@ alarms = Table(
     Index("ix_alarms_device_kind_active", "device_id", "kind", "active"),
     Index("ix_alarms_active", "active"),
 )
+
+# One row per device and hour with frames, kept after the frames are pruned (retention.frames_days)
+# for retention.summaries_days: db/retention.py. Version 10.
+frame_summaries = Table(
+    "frame_summaries",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("hour", UTCDateTime, primary_key=True),  # the hour's start, UTC
+    Column("frames", Integer, nullable=False),
+    Column("temp_max_min", Float),
+    Column("temp_max_max", Float),
+    Column("temp_max_mean", Float),
+    Column("ambient_min", Float),
+    Column("ambient_max", Float),
+    Column("ambient_mean", Float),
+    Index("ix_frame_summaries_hour", "hour"),
+)

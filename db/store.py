@@ -1110,12 +1110,6 @@ class Store:
         with self._read() as conn:
             return conn.execute(select(func.max(c.received_at))).scalar()
 
-    def prune_uplinks(self, before: datetime) -> int:
-        """Delete uplink log entries older than the retention cut-off."""
-        with self.transaction() as tx:
-            result = tx.conn.execute(delete(t.uplinks).where(t.uplinks.c.received_at < before))
-        return int(result.rowcount or 0)
-
 
 def _short(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", exc) or exc)

@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from bridge import announcements as ann
 from bridge.config import Config
 from bridge.downlinks import RateLimited
 from bridge.ttn import format_time, parse_time
+from db import retention
 from db.gridpack import unpack_grid
 from db.store import PENDING_STATUSES, DeviceRecord, StorageUnavailable, Store
 from imaging.heatmap import histogram
@@ -386,6 +388,38 @@ def device_ambient(device_id: str) -> Response:
             "ambient": [
                 {"temperature": ann.one_decimal(r.temperature), "at": format_time(r.at)}
                 for r in series
+            ],
+        }
+    )
+
+
+def _stats(low: float | None, high: float | None, mean: float | None) -> dict[str, Any] | None:
+    if low is None or high is None or mean is None:
+        return None
+    return {"min": ann.one_decimal(low), "max": ann.one_decimal(high), "mean": round(mean, 2)}
+
+
+@bp.get("/api/devices/<device_id>/summaries")
+def device_summaries(device_id: str) -> Response:
+    """Hourly summaries, oldest first: what is left of frames past retention (db/retention.py)."""
+    _device_or_404(device_id)
+    since, until = _time_arg("since"), _time_arg("until")
+    limit = _int_arg("limit", 1000, 1, 100_000)
+    try:
+        rows = retention.device_summaries(_store().engine, device_id, since, until, limit)
+    except OperationalError as exc:  # the server cannot be reached: as the store says it
+        raise StorageUnavailable(str(exc.orig)[:200]) from exc
+    return jsonify(
+        {
+            "device_id": device_id,
+            "summaries": [
+                {
+                    "hour": format_time(r.hour),
+                    "frames": r.frames,
+                    "temp_max": _stats(r.temp_max_min, r.temp_max_max, r.temp_max_mean),
+                    "ambient": _stats(r.ambient_min, r.ambient_max, r.ambient_mean),
+                }
+                for r in rows
             ],
         }
     )

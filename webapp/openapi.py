@@ -111,6 +111,13 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json(obj, "readings"), **_errors(400, 401, 404, 503)},
             }
         },
+        "/api/devices/{device_id}/summaries": {
+            "get": {
+                "summary": "Hourly summaries (frames, min/max/mean of temp_max and ambient)",
+                "parameters": [DEVICE_ID, SINCE, UNTIL, _limit(1000, 100000)],
+                "responses": {"200": _json(obj, "summaries"), **_errors(400, 401, 404, 503)},
+            }
+        },
         "/api/devices/{device_id}/settings": {
             "post": {
                 "summary": "Queue a settings downlink (fan, mode, threshold; any subset)",
