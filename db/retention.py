@@ -10,8 +10,8 @@
    summaries past `summaries_days`, in batches.
 
 Every batch is its own short transaction that deletes rows by primary key (row locks on those
-rows only), followed by a pause, so the bridge keeps ingesting at full rate while it runs
-(BENCHMARKS.md, "Retention"). A summary row is written from the frames of its hour only and
+rows only), followed by a pause four times as long as the batch took, so the bridge keeps
+ingesting at nearly its full rate while it runs (BENCHMARKS.md, "Retention"). A summary row is written from the frames of its hour only and
 replaces the row of the same device and hour: hours whose frames are gone keep their summary.
 A frame older than `frames_days` cannot arrive late (The Things Stack keeps uplinks for backfill
 30 days at most), so a pruned hour is never summarised again from a part of its frames.
@@ -38,8 +38,11 @@ log = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-DELETE_BATCH_ROWS = 200  # frames rows with their PNG: ~7 MB a batch, a few ms of row locks
-PAUSE_S = 0.02  # between batches: the bridge's transactions get the server in between
+DELETE_BATCH_ROWS = 100  # frames rows with their PNG: ~3.6 MB of pages a batch
+PAUSE_S = 0.02  # at least this long between batches
+# ... and at least this many times the batch's own time: pruning takes at most a fifth of the
+# database's time, so ingest on a small server hardly notices it (BENCHMARKS.md, "Retention").
+PAUSE_FACTOR = 4.0
 RETENTION_LOCK = "thermal_retention"
 
 
@@ -217,6 +220,7 @@ def _delete_batches(
     total = 0
     key = keys[0] if len(keys) == 1 else tuple_(*keys)
     while True:
+        began = time.monotonic()
         with engine.begin() as conn:
             query = select(*keys).where(where()).limit(batch)
             if order is not None:
@@ -229,7 +233,7 @@ def _delete_batches(
         report.batches += 1
         if len(found) < batch:
             return total
-        time.sleep(pause_s)
+        time.sleep(max(pause_s, PAUSE_FACTOR * (time.monotonic() - began)) if pause_s else 0)
 
 
 def run(

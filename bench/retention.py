@@ -1,0 +1,188 @@
+"""Does pruning slow ingest? The bridge's ingest rate with and without retention running.
+
+    python bench/retention.py            # 20,000 frames past retention, 2 runs
+    python bench/retention.py --quick    # 4,000 frames, 1 run, not recorded
+
+Each run, on a fresh database of one throw-away MariaDB: history past `retention.frames_days`
+(100 nodes, frames with a 20.7 KB PNG and a 1,536-byte grid, as stored today, made by the server
+with INSERT ... SELECT over the SEQUENCE engine), then in one process, as in `python -m bridge`:
+
+1. without pruning: `Bridge.handle_messages` in batches of 50 (what the MQTT worker does under
+   load) over 100 devices, timed;
+2. with pruning: `db.retention.run` in a thread of the same process (what the daily schedule
+   does: summaries, then frames deleted 100 rows per transaction, each followed by a pause four
+   times as long as it took) while the same ingest goes
+   on; uplinks per second counted over the time the pruning ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import append_section, markdown_table, median  # noqa: E402
+from tests.services import MariaDBServer  # noqa: E402
+
+PNG_BYTES = 20_700  # the median heatmap PNG (BENCHMARKS.md, storage)
+NODES = 100
+
+CHILD = r"""
+import json, sys, threading, time
+url, uplinks = sys.argv[1], int(sys.argv[2])
+from bench.stack import now_utc, stream
+from bridge.service import Bridge
+from db.migrations import upgrade
+from db.retention import RetentionPolicy, run
+from db.store import Store
+from tests.bridge.harness import bridge_config
+
+store = Store.from_url(url)
+upgrade(store.engine)
+bridge = Bridge(bridge_config("127.0.0.1", 1883, url), store, lambda *a: None)
+bodies = [m.body for m in stream("b", 100, uplinks * 10 + 300, 1000.0, now_utc())]
+for start in range(0, 300, 50):
+    bridge.handle_messages(bodies[start : start + 50])
+bodies = bodies[300:]
+
+def ingest(batches, until=None):
+    done, began = 0, time.perf_counter()
+    while batches and (until is None or not until.is_set()):
+        bridge.handle_messages(batches.pop(0))
+        done += 50
+    return done, time.perf_counter() - began
+
+batches = [bodies[i : i + 50] for i in range(0, len(bodies), 50)]
+alone, alone_s = ingest(batches[: uplinks // 50])
+rest = batches[uplinks // 50 :]
+finished = threading.Event()
+report = {}
+
+def prune():
+    report["run"] = run(store.engine, RetentionPolicy())
+    finished.set()
+
+pruner = threading.Thread(target=prune)
+pruner.start()
+during, during_s = ingest(rest, finished)
+pruner.join()
+r = report["run"]
+print(json.dumps({
+    "alone": alone / alone_s,
+    "during": during / during_s,
+    "during_uplinks": during,
+    "ran_out": not rest and not finished.is_set(),
+    "prune_s": r.seconds,
+    "frames_pruned": r.frames_pruned,
+    "batches": r.batches,
+    "hours": r.hours_summarised,
+}))
+"""
+
+
+def load_old_frames(server: MariaDBServer, database: str, frames: int) -> None:
+    """`frames` frames of NODES nodes, 100 to 120 days old (past the 90-day retention)."""
+    per_node = frames // NODES
+    at = f"NOW() - INTERVAL 120 DAY + INTERVAL s.seq * {20 * 86400 // per_node} SECOND"
+    with server.connect(database) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO frames (device_id, mode, frame_number, opened_at, complete, coverage, "
+            "received_mask, first_received_at, last_received_at, temp_min, temp_max, "
+            "temp_mean, ambient, fan, grid_rows, grid_cols, grid, png) "
+            f"SELECT CONCAT('old-', d.seq), 'slow', s.seq % 64, {at}, 1, 1.0, 16777215, {at}, "
+            f"{at}, 20.0, 30 + (s.seq % 9), 25.0, 23.0, 0, 24, 32, REPEAT('g', 1536), "
+            f"REPEAT('p', {PNG_BYTES}) FROM seq_0_to_{per_node - 1} s "
+            f"JOIN seq_0_to_{NODES - 1} d"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames", type=int, default=20_000, help="frames past retention")
+    parser.add_argument("--uplinks", type=int, default=3000, help="timed uplinks without pruning")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="4,000 frames, 1 run, no record")
+    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.frames, args.runs = 4000, 1
+
+    server = MariaDBServer().start()
+    results = []
+    try:
+        for run in range(args.runs):
+            database = f"bench_retention_{run}"
+            url = server.fresh_database(database)
+            subprocess.run(
+                [sys.executable, "-m", "db", "upgrade", "--url", url], cwd=ROOT, check=True
+            )
+            load_old_frames(server, database, args.frames)
+            print(f"run {run + 1}: {args.frames:,} old frames loaded; ingesting ...", flush=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, url, str(args.uplinks)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=1800,
+            )
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(results[-1], flush=True)
+    finally:
+        server.close()
+
+    alone = median([r["alone"] for r in results])
+    during = median([r["during"] for r in results])
+    rows = [
+        [
+            "ingest alone",
+            f"{alone:,.0f}",
+            ", ".join(f"{r['alone']:,.0f}" for r in results),
+            "—",
+            "1.00×",
+        ],
+        [
+            "ingest while pruning",
+            f"{during:,.0f}",
+            ", ".join(f"{r['during']:,.0f}" for r in results),
+            ", ".join(
+                f"{r['frames_pruned']:,} frames in {r['prune_s']:.1f} s ({r['batches']} batches)"
+                for r in results
+            ),
+            f"{during / alone:.2f}×",
+        ],
+    ]
+    table = markdown_table(
+        ["phase", "uplinks/s (median)", "runs", "pruned meanwhile", "vs alone"], rows
+    )
+    context = (
+        f"One process as `python -m bridge` runs it: Bridge.handle_messages in batches of 50 over "
+        f"100 devices (half slow, half fast) on MariaDB, {args.uplinks:,} uplinks timed alone, "
+        f"then as many as go in while db.retention.run prunes {args.frames:,} frames (20.7 KB "
+        "PNG each) past 90 days in a thread of the same process (100 rows per transaction, "
+        f"each followed by a pause 4× its time). {args.runs} runs, a fresh database each."
+    )
+    if any(r["ran_out"] for r in results):
+        context += " Some run ran out of uplinks before the pruning ended."
+    print(table)
+    print()
+    print(context)
+    if not (args.quick or args.no_record):
+        path = append_section(
+            "Retention: ingest with and without pruning",
+            " ".join(["python bench/retention.py", *sys.argv[1:]]),
+            context + "\n\n" + table,
+        )
+        print(f"appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
