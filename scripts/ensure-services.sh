@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the programs the test suite runs are installed: MariaDB, Mosquitto and Redis (the
 # tests start private instances of them on free loopback ports, see tests/services.py), Node.js
-# (the TTN formatter tests) and Debian's Chromium (the browser tests). Installs what is missing
+# (the TTN formatter tests), Debian's Chromium (the browser tests), systemd-analyze and nginx (the
+# deploy tests). Installs what is missing
 # with apt-get; does nothing, and calls no apt, when all is present. It starts nothing: package
 # scripts are told not to start the services they install.
 set -euo pipefail
@@ -33,6 +34,15 @@ fi
 if [[ ! -x /usr/bin/chromium ]]; then
     missing+=("/usr/bin/chromium")
     packages+=(chromium)
+fi
+# The deploy tests: systemd-analyze verifies the units, nginx -t the site (tests/test_deploy.py).
+if ! have systemd-analyze; then
+    missing+=("systemd-analyze")
+    packages+=(systemd)
+fi
+if ! have nginx; then
+    missing+=("nginx")
+    packages+=(nginx-light)
 fi
 
 if ((${#packages[@]} == 0)); then
@@ -80,6 +90,8 @@ have mosquitto || still+=("mosquitto")
 have redis-server || still+=("redis-server")
 have node || still+=("node")
 [[ -x /usr/bin/chromium ]] || still+=("/usr/bin/chromium")
+have systemd-analyze || still+=("systemd-analyze")
+have nginx || still+=("nginx")
 if ((${#still[@]})); then
     echo "ensure-services: still missing after apt-get install: ${still[*]}" >&2
     exit 1
