@@ -34,7 +34,8 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not browser"
 
-# Every benchmark in turn (about 10 minutes on 2 cores), each appending to BENCHMARKS.md;
+# Every benchmark in turn (about 15 minutes on 2 cores), each appending to bench/HISTORY.md
+# and updating its rows of the table at the top of BENCHMARKS.md;
 # BENCH_ARGS=--quick for a short smoke run of each that records nothing.
 BENCH_STAMP := $(VENV)/.installed-bench
 
@@ -50,6 +51,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/storage.py $(BENCH_ARGS)
 	$(BIN)/python bench/bridge.py $(BENCH_ARGS)
 	$(BIN)/python bench/compression.py $(BENCH_ARGS)
+	$(BIN)/python bench/retention.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -112,7 +112,11 @@ def main() -> int:
         help="also time this tree with Bridge.handle_messages in batches of N (default 50; 1: off)",
     )
     parser.add_argument("--quick", action="store_true", help="1,000 uplinks, 1 run, no record")
-    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record the run (bench/HISTORY.md, BENCHMARKS.md)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.uplinks, args.runs = 1000, 1
@@ -176,6 +180,16 @@ def main() -> int:
             " ".join(["python bench/bridge.py", *sys.argv[1:]]),
             context + "\n\n" + table,
             notes=notes,
+            latest=[
+                (
+                    f"bridge alone, {name.removeprefix('this tree, ')}",
+                    f"{median([r['rate'] for r in runs]):,.0f} uplinks/s, "
+                    f"{median([r['commands'] for r in runs]):.2f} round trips each",
+                    f"{next(iter(results))}: {first:,.0f}/s" if len(results) > 1 else "—",
+                )
+                for name, runs in results.items()
+                if name.startswith("this tree")
+            ],
         )
         print(f"appended to {path}")
     return 0

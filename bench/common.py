@@ -1,8 +1,9 @@
-"""Helpers shared by the benchmarks: timing summaries, the machine, Markdown, BENCHMARKS.md.
+"""Helpers shared by the benchmarks: timing summaries, the machine, Markdown, the records.
 
-Every benchmark prints its table and appends a dated section to BENCHMARKS.md at the top of
-the repository with `append_section`, so the file keeps a history of figures together with
-the machine and the exact command that produced them.
+Every benchmark prints its table and, with `append_section`, appends a dated section to
+bench/HISTORY.md (the history of figures with the machine and the exact command that produced
+them) and puts its headline figures in the table at the top of BENCHMARKS.md (`update_latest`),
+one row per figure, replacing the previous run's.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from time import perf_counter
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
-HEADER = """# Benchmarks
+HISTORY_MD = ROOT / "bench" / "HISTORY.md"
+HEADER = """# Benchmark history
 
-Figures measured by the scripts in `bench/` (run them with `python bench/<name>.py`). Each
-section is appended by a run and names the machine, the command and the date; newer sections
-are further down. Timings are wall-clock on a machine that may have been doing other work, so
-compare figures from the same section, not across sections.
+Every run of the scripts in `bench/` (`python bench/<name>.py`, or `make bench`) appends a
+section here naming the machine, the command and the date; newer sections are further down.
+The latest figure of each benchmark is in the table at the top of ../BENCHMARKS.md. Timings are
+wall-clock on a machine that may have been doing other work, so compare figures from the same
+section, not across sections.
 """
+LATEST_BEGIN = "<!-- latest: rows replaced by bench/common.py update_latest on every run -->"
+LATEST_END = "<!-- end of latest -->"
+LATEST_HEADERS = ("benchmark", "what", "figure", "baseline", "date", "machine")
 
 
 def median(values: Sequence[float]) -> float:
@@ -111,16 +117,52 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
 
 
+def machine_short() -> str:
+    """The machine in a table cell: CPU, cores, memory, load when recorded."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{_cpu_model()}, {usable} cores, {_memory()}, load {_load_average().split()[0]}"
+
+
+def update_latest(
+    script: str,
+    rows: Sequence[tuple[str, str, str]],
+    stamp: str,
+    path: Path = BENCHMARKS_MD,
+) -> None:
+    """Put (what, figure, baseline) rows of one script in BENCHMARKS.md's top table, replacing
+    the rows of the same script and `what`; the table sits between LATEST_BEGIN / LATEST_END."""
+    text = path.read_text() if path.exists() else ""
+    if LATEST_BEGIN not in text or LATEST_END not in text:
+        text = f"# Benchmarks\n\n{LATEST_BEGIN}\n{LATEST_END}\n\n" + text
+    head, rest = text.split(LATEST_BEGIN, 1)
+    table, tail = rest.split(LATEST_END, 1)
+    current: list[list[str]] = []
+    for line in table.strip().splitlines()[2:]:  # past the header and the rule
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == len(LATEST_HEADERS):
+            current.append(cells)
+    fresh = {
+        (script, what): [script, what, figure, baseline, stamp, machine_short()]
+        for what, figure, baseline in rows
+    }
+    merged = [fresh.pop((c[0], c[1]), c) for c in current]  # in place, keeping the order
+    merged += fresh.values()  # new rows at the end
+    body = markdown_table(LATEST_HEADERS, merged)
+    path.write_text(f"{head}{LATEST_BEGIN}\n{body}\n{LATEST_END}{tail}")
+
+
 def append_section(
     title: str,
     command: str,
     body: str,
     *,
     notes: dict[str, str] | None = None,
-    path: Path = BENCHMARKS_MD,
+    path: Path = HISTORY_MD,
     now: datetime | None = None,
+    latest: Sequence[tuple[str, str, str]] = (),
 ) -> Path:
-    """Append a dated section (machine, command, body) to BENCHMARKS.md, creating it if absent."""
+    """Append a dated section (machine, command, body) to bench/HISTORY.md, creating it if
+    absent, and put `latest` (what, figure, baseline) rows in BENCHMARKS.md's top table."""
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     details = {**machine(), **(notes or {})}
     lines = [
@@ -137,6 +179,9 @@ def append_section(
     ]
     existing = path.read_text() if path.exists() else HEADER
     path.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(lines))
+    if latest:
+        script = command.split()[1] if command.startswith("python ") else command.split()[0]
+        update_latest(script, latest, stamp[:10])
     return path
 
 

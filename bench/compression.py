@@ -1,6 +1,6 @@
 """Compressed mode (docs/protocol.md): uplinks, airtime and encoding time per frame.
 
-    python bench/compression.py             # 60 scenes, recorded in BENCHMARKS.md
+    python bench/compression.py             # 60 scenes, recorded in bench/HISTORY.md
     python bench/compression.py --scenes 200
     python bench/compression.py --quick     # 10 scenes, a smoke run, not recorded
 
@@ -72,13 +72,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=60)
     parser.add_argument("--quick", action="store_true", help="10 scenes, not recorded")
-    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record the run (bench/HISTORY.md, BENCHMARKS.md)",
+    )
     args = parser.parse_args()
     count = 10 if args.quick else args.scenes
     grids = [scene(seed) for seed in range(count)]
 
     rows = []
     verdicts = []
+    medians: dict[float, float] = {}
     reference = {}
     for label, mode in (("slow", Mode.SLOW), ("fast", Mode.FAST)):
         sizes = [
@@ -110,6 +115,7 @@ def main() -> int:
             uplinks.append(len(payloads))
             sf7.append(airtime_s(sizes, 7))
             sf12.append(airtime_s(sizes, 12))
+        medians[step] = median(uplinks)
         rows.append(
             [
                 f"compressed {step} °C",
@@ -178,6 +184,15 @@ def main() -> int:
                 "scenes": f"{count} simulated battery racks, sensor noise {NOISE_C} °C, "
                 "30 % with a dead pixel",
             },
+            latest=[
+                (
+                    "uplinks per frame, compressed "
+                    + " / ".join(f"{step:g}" for step in TARGETS)
+                    + " °C, median",
+                    " / ".join(f"{medians[step]:g}" for step in TARGETS),
+                    "slow mode 24; targets ≤ " + " / ≤ ".join(str(t) for t in TARGETS.values()),
+                )
+            ],
         )
         print(f"appended to {path}")
     return 0

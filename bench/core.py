@@ -138,12 +138,17 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=5, help="runs per path (default 5)")
     parser.add_argument("--quick", action="store_true", help="20 devices, 2 runs, not recorded")
-    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record the run (bench/HISTORY.md, BENCHMARKS.md)",
+    )
     args = parser.parse_args()
     devices, runs = (20, 2) if args.quick else (args.devices, args.runs)
 
     rows: list[list[str]] = []
     verdicts: list[str] = []
+    headline: dict[str, tuple[float, float]] = {}
     for mode in (Mode.SLOW, Mode.FAST):
         stream = make_stream(mode, devices, args.fragments)
         results = measure(stream, runs)
@@ -163,6 +168,7 @@ def main() -> int:
                 ]
             )
         reassemble = median(results["decode + reassemble"][0])
+        headline[mode.label] = (reassemble, base)
         verdicts.append(
             f"{mode.label}: {reassemble:,.0f} fragments/s decoded + reassembled "
             f"({'meets' if reassemble >= TARGET_PER_S else 'misses'} the {TARGET_PER_S:,}/s "
@@ -193,6 +199,15 @@ def main() -> int:
             "Pure core: decode + reassembly throughput",
             " ".join(["python bench/core.py", *sys.argv[1:]]),
             table + "\n\n" + summary,
+            latest=[
+                (
+                    "decode + reassemble, one core, slow / fast",
+                    " / ".join(f"{headline[m][0]:,.0f}" for m in ("slow", "fast")) + " fragments/s",
+                    "bare decode "
+                    + " / ".join(f"{headline[m][1]:,.0f}" for m in ("slow", "fast"))
+                    + f"/s; target {TARGET_PER_S:,}/s",
+                )
+            ],
         )
         print(f"appended to {path}")
     return 0

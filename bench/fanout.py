@@ -201,7 +201,11 @@ def main() -> int:
         "--modes", default="eventlet,gthread", help="server modes (default eventlet,gthread)"
     )
     parser.add_argument("--quick", action="store_true", help="200 clients, 3 frames, not recorded")
-    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record the run (bench/HISTORY.md, BENCHMARKS.md)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.clients, args.frames, args.processes = 200, 3, 2
@@ -296,6 +300,14 @@ def main() -> int:
             "Fan-out: one device's frames to many Socket.IO clients",
             " ".join(["python bench/fanout.py", *sys.argv[1:]]),
             table + "\n\n" + summary,
+            latest=[
+                (
+                    f"{args.clients:,} clients, {worker}, p50 / p99",
+                    f"{r['p50']:.0f} / {r['p99']:.0f} ms",
+                    f"target p99 < {TARGET_P99_MS} ms",
+                )
+                for worker, r in results.items()
+            ],
         )
         print(f"appended to {path}")
     return 0

@@ -257,7 +257,11 @@ def main() -> int:
     )
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--atheris", type=int, default=0, metavar="SECONDS")
-    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record the run (bench/HISTORY.md, BENCHMARKS.md)",
+    )
     args = parser.parse_args()
     results = run_hypothesis(args.cases)
     if args.atheris:

@@ -282,7 +282,11 @@ def main() -> int:
         "which caps a QoS 1 batch at 20 messages: the bridge acknowledges after the commit)",
     )
     parser.add_argument("--quick", action="store_true", help="short runs, not recorded")
-    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record the run (bench/HISTORY.md, BENCHMARKS.md)",
+    )
     parser.add_argument("--label", default="", help="a note for the recorded section")
     args = parser.parse_args()
     if args.quick:
@@ -453,6 +457,24 @@ def main() -> int:
             " ".join(["python bench/ingest.py", *sys.argv[1:]]),
             body,
             notes=notes,
+            latest=[
+                (
+                    "uplinks stored and pushed, sustained",
+                    f"{burst['rate']:,.0f}/s",
+                    f"bare paho {top['rate']:,.0f}/s; bridge alone {alone['rate']:,.0f}/s; "
+                    f"target {TARGET_RATE:,}/s",
+                ),
+                (
+                    f"uplink → client at {args.rate:.0f}/s, p50 / p99",
+                    f"{fixed['p50']:.0f} / {fixed['p99']:.0f} ms",
+                    f"target p99 < {TARGET_P99_MS} ms",
+                ),
+                (
+                    f"uplink → client at {light_rate:.0f}/s, p50 / p99",
+                    f"{light['p50']:.0f} / {light['p99']:.0f} ms",
+                    "—",
+                ),
+            ],
         )
         print(f"appended to {path}")
     return 0

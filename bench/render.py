@@ -9,7 +9,7 @@ block maxima for fast mode) at 640 × 480, smoothly (bilinearly) upscaled, with 
 caption. The baseline is what the old server did for every frame: a new matplotlib figure (Agg),
 imshow, colorbar, savefig to PNG, close. The runs are split into interleaved rounds (ours, baseline, ours, ...) so that a
 change in the machine's load affects both alike. Prints a table of median and p95 milliseconds
-per frame, PNG size and the speed ratio, and appends it to BENCHMARKS.md.
+per frame, PNG size and the speed ratio, and records it (bench/HISTORY.md, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -152,7 +152,11 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--quick", action="store_true", help="20 frames in 2 rounds, not recorded")
-    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record the run (bench/HISTORY.md, BENCHMARKS.md)",
+    )
     args = parser.parse_args()
     runs, rounds = (20, 2) if args.quick else (args.runs, args.rounds)
     if runs < 1 or not 1 <= rounds <= runs:
@@ -162,11 +166,13 @@ def main() -> int:
     modes = {"slow 24×32": slow, "fast 6×8": [block_maxima(g) for g in slow]}
     rows: list[list[str]] = []
     ratios: list[float] = []
+    medians_ms: dict[str, list[float]] = {}
     for mode, grids in modes.items():
         results = compare(grids, runs, rounds)
         ours_median = median(results["ours"][0])
         for name, (times, sizes) in results.items():
             ratio = median(times) / ours_median
+            medians_ms.setdefault(name, []).append(median(times) * 1000)
             if name == "matplotlib":
                 ratios.append(ratio)
             rows.append(
@@ -205,6 +211,17 @@ def main() -> int:
                 f"matplotlib {matplotlib.__version__} (baseline only)",
                 "frames": f"{FRAMES} synthetic battery-rack frames cycled, {rounds} interleaved rounds",
             },
+            latest=[
+                (
+                    "heatmap 640 × 480 PNG, slow / fast, median",
+                    " / ".join(f"{ms:.2f}" for ms in medians_ms["ours"]) + " ms",
+                    "matplotlib "
+                    + " / ".join(f"{ms:.2f}" for ms in medians_ms["matplotlib"])
+                    + " ms ("
+                    + " / ".join(f"{r:.0f}×" for r in ratios)
+                    + " slower); target 20×",
+                )
+            ],
         )
         print(f"appended to {path}")
     return 0

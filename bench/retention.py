@@ -115,7 +115,11 @@ def main() -> int:
     parser.add_argument("--uplinks", type=int, default=3000, help="timed uplinks without pruning")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="4,000 frames, 1 run, no record")
-    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record the run (bench/HISTORY.md, BENCHMARKS.md)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.frames, args.runs = 4000, 1
@@ -194,6 +198,13 @@ def main() -> int:
             "Retention: ingest with and without pruning",
             " ".join(["python bench/retention.py", *sys.argv[1:]]),
             context + "\n\n" + table,
+            latest=[
+                (
+                    "bridge ingest while pruning (vs alone)",
+                    f"{during:,.0f} uplinks/s ({during / alone:.2f}×)",
+                    f"alone {alone:,.0f}/s before, {after:,.0f}/s after",
+                )
+            ],
         )
         print(f"appended to {path}")
     return 0

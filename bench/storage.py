@@ -244,7 +244,11 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=1000, help="real frames for the bytes")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per query")
     parser.add_argument("--quick", action="store_true", help="10 nodes × 30 days, not recorded")
-    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record the run (bench/HISTORY.md, BENCHMARKS.md)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.nodes, args.days, args.sample, args.runs = 10, 30, 200, 10
@@ -339,6 +343,24 @@ def main() -> int:
             "Storage: bytes per frame and query times over a year",
             " ".join(["python bench/storage.py", *sys.argv[1:]]),
             body,
+            latest=[
+                (
+                    "InnoDB bytes per frame row",
+                    f"{sizes['frame']:,.0f} B",
+                    f"uplink log {sizes['uplink']:,.0f} B, ambient {sizes['ambient']:,.0f} B per row",
+                ),
+                (
+                    "latest frame per device / one device's day, "
+                    f"{rows / 1e6:.2f} M frames, median",
+                    " / ".join(
+                        f"{timings[name][0]:.2f}"
+                        for name in timings
+                        if name != "latest frame of one device"
+                    )
+                    + " ms",
+                    f"target p95 < {TARGET_MS:.0f} ms",
+                ),
+            ],
         )
         print(f"appended to {path}")
     return 0
