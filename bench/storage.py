@@ -12,7 +12,8 @@ allows far fewer; a private network or a Pub/Sub-fed broker has no such limit.)
 Two measurements, each in a throw-away MariaDB with the project's schema (`db.migrations`):
 
 1. bytes per row: a sample of real frames (reassembled grid packed by
-   `db.gridpack.pack_grid`, the 640 × 480 heatmap PNG that `imaging.heatmap` renders, every
+   `db.gridpack.pack_grid`, the small heatmap PNG the bridge keeps, `bridge.renderings.stored_png`
+   (the 640 × 480 one is rendered when pushed or asked for), every
    metadata column; the synthetic battery-rack frames of bench/render.py) inserted through `Tx.upsert_frame`, the same as the bridge stores them; the
    growth of `frames.ibd` over the sample gives bytes per frame, and the uplink log
    (`Tx.record_uplink`) and ambient readings (`Tx.add_ambient`) are sampled the same way;
@@ -40,11 +41,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import append_section, markdown_table, median, percentile  # noqa: E402
 from bench.render import battery_rack_frame  # noqa: E402
+from bridge import renderings  # noqa: E402
+from bridge.config import Config  # noqa: E402
 from bridge.reassembly import Reassembler  # noqa: E402
 from db.gridpack import pack_grid  # noqa: E402
 from db.migrations import upgrade  # noqa: E402
 from db.store import Store  # noqa: E402
-from imaging.heatmap import grid_stats, render_heatmap  # noqa: E402
+from imaging.heatmap import grid_stats  # noqa: E402
 from node_firmware.protocol import Mode, fragment_frame  # noqa: E402
 from tests.services import MariaDBServer  # noqa: E402
 
@@ -126,7 +129,7 @@ def real_frames(count: int, start: datetime) -> list[dict[str, Any]]:
                 "grid_rows": 24,
                 "grid_cols": 32,
                 "grid": pack_grid(frame.grid),
-                "png": render_heatmap(frame.grid, caption=f"{device_id}  {at.isoformat()}"),
+                "png": renderings.stored_png(Config(), frame.grid),  # what the bridge keeps
             }
         )
     return rows

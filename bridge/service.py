@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from bridge import announcements as ann
+from bridge import renderings
 from bridge.backfill import Backfiller
 from bridge.config import Config
 from bridge.downlinks import Downlinks, Publish
@@ -55,7 +56,7 @@ from db.store import (
     Tx,
     frame_record,
 )
-from imaging.heatmap import grid_stats, render_heatmap
+from imaging.heatmap import grid_stats
 from node_firmware.protocol import (
     Fragment,
     Mode,
@@ -443,17 +444,6 @@ class Bridge:
     ) -> list[Announcement]:
         stats = grid_stats(frame.grid)
         temp_min, temp_max, temp_mean = stats if stats else (None, None, None)
-        caption = f"{frame.device_id}  {format_time(frame.first_received_at)}"
-        if not frame.complete:
-            caption += f"  partial {round(frame.coverage * 100)}%"
-        png = render_heatmap(
-            frame.grid,
-            caption=caption,
-            colormap=self.config.colormap,
-            rotate=self.config.rotate,
-            flip_horizontal=self.config.flip_horizontal,
-            flip_vertical=self.config.flip_vertical,
-        )
         rows = len(frame.grid)
         cols = len(frame.grid[0]) if rows else 0
         mask = 0
@@ -478,7 +468,7 @@ class Bridge:
             "grid_cols": cols,
             "step": step_tenths(frame.step),
             "grid": pack_grid(frame.grid),
-            "png": png,
+            "png": renderings.stored_png(self.config, frame.grid),  # small: stays in the row
         }
         frame_id, changed = tx.upsert_frame(values, first)
         tx.close_open_fragments(
@@ -489,6 +479,14 @@ class Bridge:
         self.metrics["frames_complete" if frame.complete else "frames_partial"] += 1
         self.metrics[f"frames:{values['mode']}:{'true' if frame.complete else 'false'}"] += 1
         record = frame_record(frame_id, values)
+        # The full heatmap only for a frame that is pushed (a re-store that changed nothing is not).
+        png = renderings.full_png(
+            self.config,
+            frame.grid,
+            renderings.caption(
+                frame.device_id, frame.first_received_at, frame.complete, frame.coverage
+            ),
+        )
         out: list[Announcement] = [("frame", ann.frame_event(record, png), frame.device_id)]
         out += self._evaluate_frame_alarms(tx, device, temp_min, temp_max, frame.last_received_at)
         return out

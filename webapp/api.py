@@ -20,6 +20,7 @@ from db import retention
 from db.gridpack import unpack_grid
 from db.store import PENDING_STATUSES, DeviceRecord, StorageUnavailable, Store
 from imaging.heatmap import histogram
+from webapp import heatmaps
 from webapp.auth import bearer, can_read, can_write
 from webapp.settings import SettingsError, parse_settings_request, settings_to_json
 
@@ -311,9 +312,9 @@ def get_frame(frame_id: int) -> Response:
 
 @bp.get("/api/frames/<int:frame_id>.png")
 def frame_png(frame_id: int) -> Response:
-    """The stored heatmap."""
-    _frame_id_in_range(frame_id)
-    png = _store().frame_png(frame_id)
+    """The frame's heatmap, 640 × 480 (rendered from its grid and cached: webapp/heatmaps.py)."""
+    frame = _frame_or_404(frame_id)
+    png = heatmaps.frame_png(_store(), _config(), frame)
     if png is None:
         fail(404, f"unknown frame {frame_id}")
     response = Response(png, mimetype="image/png")

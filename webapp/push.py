@@ -10,6 +10,7 @@ from flask_socketio import SocketIO, emit, join_room, leave_room
 
 from bridge import announcements as ann
 from db.store import StorageUnavailable, Store
+from webapp import heatmaps
 from webapp.auth import is_known
 from webapp.runtime import ROOM_ALL, device_room
 
@@ -62,7 +63,7 @@ def snapshot(store: Store, device_ids: list[str] | None) -> list[tuple[str, dict
             events.append(("ambient", ann.ambient(reading)))
         frame = frames.get(device.device_id)
         if frame is not None:
-            png = store.frame_png(frame.frame_id) or b""
+            png = heatmaps.frame_png(store, current_app.config["THERMAL"], frame) or b""
             events.append(("frame", ann.frame_event(frame, png)))
     return events
 
