@@ -4,13 +4,14 @@
     python bench/retention.py --quick    # 4,000 frames, 1 run, not recorded
 
 Each run, on a fresh database of one throw-away MariaDB: history past `retention.frames_days`
-(100 nodes, frames with a 20.7 KB PNG and a 1,536-byte grid, as stored today, made by the server
+(100 nodes, frames with a 1,536-byte grid and the PNG kept now, 1.2 KB, or with `--legacy` the
+20.7 KB one of frames stored before this release, made by the server
 with INSERT ... SELECT over the SEQUENCE engine), then in one process, as in `python -m bridge`:
 
 1. without pruning: `Bridge.handle_messages` in batches of 50 (what the MQTT worker does under
    load) over 100 devices, timed;
 2. with pruning: `db.retention.run` in a thread of the same process (what the daily schedule
-   does: summaries, then frames deleted 100 rows per transaction, each followed by a pause four
+   does: summaries, then frames deleted 100 rows per transaction, each followed by a pause nine
    times as long as it took) while the same ingest goes
    on; uplinks per second counted over the time the pruning ran;
 3. without pruning again, once InnoDB has purged the deleted rows in the background (the machine
@@ -32,9 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import append_section, markdown_table, median  # noqa: E402
 from bench.storage import BenchMariaDB  # noqa: E402
+from db.retention import PAUSE_FACTOR  # noqa: E402
 from tests.services import MariaDBServer  # noqa: E402
 
-PNG_BYTES = 20_700  # the median heatmap PNG (BENCHMARKS.md, storage)
+PNG_BYTES = 1_228  # the median stored heatmap PNG now (bridge/renderings.py, bench/storage.py)
+LEGACY_PNG_BYTES = 20_700  # what frames stored before kept: 640 x 480 PNGs, off-page
 NODES = 100
 
 CHILD = r"""
@@ -107,7 +110,7 @@ print(json.dumps({
 """
 
 
-def load_old_frames(server: MariaDBServer, database: str, frames: int) -> None:
+def load_old_frames(server: MariaDBServer, database: str, frames: int, png_bytes: int) -> None:
     """`frames` frames of NODES nodes, 100 to 120 days old (past the 90-day retention)."""
     per_node = frames // NODES
     at = f"NOW() - INTERVAL 120 DAY + INTERVAL s.seq * {20 * 86400 // per_node} SECOND"
@@ -118,7 +121,7 @@ def load_old_frames(server: MariaDBServer, database: str, frames: int) -> None:
             "temp_mean, ambient, fan, grid_rows, grid_cols, grid, png) "
             f"SELECT CONCAT('old-', d.seq), 'slow', s.seq % 64, {at}, 1, 1.0, 16777215, {at}, "
             f"{at}, 20.0, 30 + (s.seq % 9), 25.0, 23.0, 0, 24, 32, REPEAT('g', 1536), "
-            f"REPEAT('p', {PNG_BYTES}) FROM seq_0_to_{per_node - 1} s "
+            f"REPEAT('p', {png_bytes}) FROM seq_0_to_{per_node - 1} s "
             f"JOIN seq_0_to_{NODES - 1} d"
         )
 
@@ -130,6 +133,12 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=20_000, help="frames past retention")
     parser.add_argument("--uplinks", type=int, default=3000, help="timed uplinks without pruning")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument(
+        "--legacy",
+        action="store_true",
+        help=f"frames with {LEGACY_PNG_BYTES:,}-byte PNGs, as stored before (default "
+        f"{PNG_BYTES:,}: as stored now)",
+    )
     parser.add_argument("--quick", action="store_true", help="4,000 frames, 1 run, no record")
     parser.add_argument(
         "--no-record",
@@ -149,7 +158,9 @@ def main() -> int:
             subprocess.run(
                 [sys.executable, "-m", "db", "upgrade", "--url", url], cwd=ROOT, check=True
             )
-            load_old_frames(server, database, args.frames)
+            load_old_frames(
+                server, database, args.frames, LEGACY_PNG_BYTES if args.legacy else PNG_BYTES
+            )
             print(f"run {run + 1}: {args.frames:,} old frames loaded; ingesting ...", flush=True)
             out = subprocess.run(
                 [sys.executable, "-c", CHILD, url, str(args.uplinks)],
@@ -200,9 +211,11 @@ def main() -> int:
     context = (
         f"One process as `python -m bridge` runs it: Bridge.handle_messages in batches of 50 over "
         f"100 devices (half slow, half fast) on MariaDB, {args.uplinks:,} uplinks timed alone before and "
-        f"after, between them as many as go in while db.retention.run prunes {args.frames:,} frames (20.7 KB "
-        "PNG each) past 90 days in a thread of the same process (100 rows per transaction, "
-        f"each followed by a pause 4× its time); InnoDB buffer pool {BenchMariaDB.buffer_pool}. "
+        f"after, between them as many as go in while db.retention.run prunes {args.frames:,} "
+        f"frames ({LEGACY_PNG_BYTES if args.legacy else PNG_BYTES:,}-byte PNG each"
+        f"{', as stored before this release' if args.legacy else ''}) past 90 days in a thread "
+        "of the same process (100 rows per transaction, each followed by a pause "
+        f"{PAUSE_FACTOR:g}× its time); InnoDB buffer pool {BenchMariaDB.buffer_pool}. "
         f"{args.runs} runs, a fresh database each."
     )
     if any(r["ran_out"] for r in results):
@@ -218,7 +231,9 @@ def main() -> int:
             context + "\n\n" + table,
             latest=[
                 (
-                    "bridge ingest while pruning (vs alone)",
+                    "bridge ingest while pruning"
+                    + (" legacy 20.7 KB-PNG frames" if args.legacy else "")
+                    + " (vs alone)",
                     f"{during:,.0f} uplinks/s ({during / alone:.2f}×)",
                     f"alone {alone:,.0f}/s before, {after:,.0f}/s after",
                 )

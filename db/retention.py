@@ -10,8 +10,8 @@
    summaries past `summaries_days`, in batches.
 
 Every batch is its own short transaction that deletes rows by primary key (row locks on those
-rows only), followed by a pause four times as long as the batch took, so the bridge keeps
-ingesting at nearly its full rate while it runs (BENCHMARKS.md, "Retention"). A summary row is written from the frames of its hour only and
+rows only), followed by a pause nine times as long as the batch took, so the bridge keeps
+ingesting while it runs (BENCHMARKS.md, "Retention"). A summary row is written from the frames of its hour only and
 replaces the row of the same device and hour: hours whose frames are gone keep their summary.
 A frame older than `frames_days` cannot arrive late (The Things Stack keeps uplinks for backfill
 30 days at most), so a pruned hour is never summarised again from a part of its frames.
@@ -40,9 +40,10 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 DELETE_BATCH_ROWS = 100  # frames rows with their PNG: ~3.6 MB of pages a batch
 PAUSE_S = 0.02  # at least this long between batches
-# ... and at least this many times the batch's own time: pruning takes at most a fifth of the
-# database's time, so ingest on a small server hardly notices it (BENCHMARKS.md, "Retention").
-PAUSE_FACTOR = 4.0
+# ... and at least this many times the batch's own time: pruning takes at most a tenth of the
+# database's time, so ingest on a small server goes on (BENCHMARKS.md, "Retention"; with 4 the
+# bridge lost a quarter of its rate on a busy 2-core machine).
+PAUSE_FACTOR = 9.0
 RETENTION_LOCK = "thermal_retention"
 
 
