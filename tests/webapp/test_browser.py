@@ -359,3 +359,39 @@ def test_token_is_asked_once_and_used_for_the_socket_and_the_api(
     assert newest["settings"]["mode"] == "compressed" and newest["settings"]["step"] == 0.5
     expect(status).to_have_attribute("data-downlink-id", str(newest["downlink_id"]))
     console.assert_clean()
+
+
+def test_node_chart_shows_hourly_summaries_before_the_raw_frames(
+    live: tuple[LiveServer, Feeder], phone: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    from db import schema
+
+    server, feeder = live
+    console = Console(phone)
+    # What retention leaves of three older hours: their summaries only (db/retention.py).
+    with feeder.bridge.store.engine.begin() as conn:
+        conn.execute(
+            schema.frame_summaries.insert(),
+            [
+                {
+                    "device_id": "node1",
+                    "hour": at_seconds(-3600 * hours).replace(minute=0, second=0),
+                    "frames": 5,
+                    "temp_max_min": 30.0,
+                    "temp_max_max": 31.0 + hours,
+                    "temp_max_mean": 30.5,
+                    "ambient_min": 22.0,
+                    "ambient_max": 22.0,
+                    "ambient_mean": 22.0,
+                }
+                for hours in (3, 4, 5)
+            ],
+        )
+    feeder.frame("node1", hot=33.3, number=1)
+    feeder.frame("node1", hot=36.6, number=2)
+    phone.goto(server.url + "/devices/node1")
+    expect(phone.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    expect(phone.get_by_test_id("chart-max")).to_have_attribute("data-points", "5")
+    console.assert_clean()

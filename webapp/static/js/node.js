@@ -9,6 +9,7 @@
   const HISTORY_SIZE = 12;
   const CHART_FRAMES = 200;
   const CHART_AMBIENT = 500;
+  const SUMMARY_DAYS = 30; // before the oldest raw frame charted: hourly summaries (retention)
   const STEPS = ["queued", "sent", "acked", "applied"];
 
   const ui = {
@@ -60,6 +61,7 @@
     formTouched: false,
     framesById: new Map(), // frame_id -> metadata, for the history strip and the chart
     ambient: new Map(), // ISO time -> temperature
+    summaries: [], // hourly summaries before the oldest frame charted, oldest first
   };
 
   function showError(message) {
@@ -390,13 +392,23 @@
     };
   }
 
+  // Older than the raw points: one point per hour from the summaries, at the hour's middle.
+  function withSummaries(points, pick, stat) {
+    const first = points.length ? points[0][0] : Infinity;
+    const older = state.summaries
+      .map((s) => [T.seconds(s.hour) + 1800, s[pick] ? s[pick][stat] : null])
+      .filter(([x, y]) => x !== null && x < first && T.isNumber(y));
+    const all = older.concat(points);
+    return [all.map((p) => p[0]), all.map((p) => p[1])];
+  }
+
   function frameSeries() {
     const frames = [...state.framesById.values()]
       .map((f) => [T.seconds(f.captured_at), f.temp_max])
       .filter(([x, y]) => x !== null && T.isNumber(y))
       .sort((a, b) => a[0] - b[0])
       .slice(-CHART_FRAMES);
-    return [frames.map((p) => p[0]), frames.map((p) => p[1])];
+    return withSummaries(frames, "temp_max", "max"); // the hour's hottest frame
   }
 
   function ambientSeries() {
@@ -405,7 +417,7 @@
       .filter(([x, y]) => x !== null && T.isNumber(y))
       .sort((a, b) => a[0] - b[0])
       .slice(-CHART_AMBIENT);
-    return [points.map((p) => p[0]), points.map((p) => p[1])];
+    return withSummaries(points, "ambient", "mean");
   }
 
   function drawChart(key, container, label, color, data) {
@@ -572,6 +584,21 @@
     if (downlinks.downlinks.length) applyDownlink(downlinks.downlinks[0]);
     renderHistory();
     scheduleCharts();
+    await loadSummaries(series.frames);
+  }
+
+  async function loadSummaries(frames) {
+    // frames: newest first. Before the oldest of them only hourly summaries may be left.
+    const oldest = frames.length ? frames[frames.length - 1].captured_at : null;
+    if (!oldest) return;
+    const until = Date.parse(oldest);
+    const since = new Date(until - SUMMARY_DAYS * 86400e3).toISOString();
+    const query = `since=${encodeURIComponent(since)}&until=${encodeURIComponent(oldest)}`;
+    const answer = await T.api(
+      `/api/devices/${enc}/summaries?${query}&limit=${SUMMARY_DAYS * 24}`,
+    );
+    state.summaries = answer.summaries;
+    if (state.summaries.length) scheduleCharts();
   }
 
   async function start() {
