@@ -209,7 +209,8 @@ def serve(config: Config, registry: CollectorRegistry, host: str, port: int) -> 
                 [("Content-Type", "application/json"), ("WWW-Authenticate", "Bearer")],
             )
             return [b'{"error": "reading needs a bearer token (Authorization: Bearer <token>)"}']
-        return metrics_app(environ, start_response)
+        answer: Iterable[bytes] = metrics_app(environ, start_response)
+        return answer
 
     server = make_server(host, port, app, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

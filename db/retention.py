@@ -210,7 +210,7 @@ def _delete_batches(
     engine: Engine,
     table: Table,
     keys: Sequence[Any],
-    where: Callable[[], Any],
+    where: Any,
     order: Any | None,
     batch: int,
     pause_s: float,
@@ -223,7 +223,7 @@ def _delete_batches(
     while True:
         began = time.monotonic()
         with engine.begin() as conn:
-            query = select(*keys).where(where()).limit(batch)
+            query = select(*keys).where(where).limit(batch)
             if order is not None:
                 query = query.order_by(order)
             found = [row[0] if len(keys) == 1 else tuple(row) for row in conn.execute(query)]
@@ -300,7 +300,7 @@ def _run(
                 engine,
                 t.frames,
                 [f.frame_id],
-                lambda end=end: f.first_received_at < end,
+                f.first_received_at < end,
                 f.first_received_at,
                 batch,
                 pause_s,
@@ -316,7 +316,7 @@ def _run(
             engine,
             t.ambient,
             [a.id],
-            lambda d=device_id: (a.device_id == d) & (a.at < frames_cutoff),
+            (a.device_id == device_id) & (a.at < frames_cutoff),
             None,
             batch * 5,
             pause_s,
@@ -327,7 +327,7 @@ def _run(
         engine,
         t.uplinks,
         [u.id],
-        lambda: u.received_at < now - timedelta(days=policy.uplinks_days),
+        u.received_at < now - timedelta(days=policy.uplinks_days),
         u.received_at,
         batch * 5,
         pause_s,
@@ -337,7 +337,7 @@ def _run(
         engine,
         t.frame_summaries,
         [s.device_id, s.hour],
-        lambda: s.hour < now - timedelta(days=policy.summaries_days),
+        s.hour < now - timedelta(days=policy.summaries_days),
         s.hour,
         batch * 5,
         pause_s,
