@@ -55,6 +55,8 @@ FRAME_INTERVAL_S = 12 * 60  # 24 uplinks × 30 s
 UPLINKS_PER_DAY = 24 * 3600 // 30
 AMBIENT_PER_DAY = 24 * 60  # the bridge stores an unchanged reading at most once a minute
 TARGET_MS = 10.0
+# A frame row before bridge/renderings.py kept the small heatmap (2026-11-24, bench/HISTORY.md).
+BEFORE_FRAME_BYTES = 36_340
 END = datetime(2026, 11, 1, tzinfo=UTC)
 
 
@@ -350,7 +352,9 @@ def main() -> int:
                 (
                     "InnoDB bytes per frame row",
                     f"{sizes['frame']:,.0f} B",
-                    f"uplink log {sizes['uplink']:,.0f} B, ambient {sizes['ambient']:,.0f} B per row",
+                    f"{BEFORE_FRAME_BYTES:,} B with the 640 × 480 PNG stored "
+                    f"({BEFORE_FRAME_BYTES / sizes['frame']:.1f}× more); uplink log "
+                    f"{sizes['uplink']:,.0f} B, ambient {sizes['ambient']:,.0f} B per row",
                 ),
                 (
                     "latest frame per device / one device's day, "
