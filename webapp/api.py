@@ -163,6 +163,12 @@ def _time_arg(name: str) -> datetime | None:
         return None
     try:
         return parse_time(raw)
+    except OverflowError:  # a valid time whose UTC equivalent is before year 1 or after 9999
+        fail(
+            400,
+            f"{name} must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, "
+            f"got {_shown(raw)}",
+        )
     except ValueError:
         fail(
             400, f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z, got {_shown(raw)}"

@@ -220,3 +220,30 @@ def test_writes_need_a_token_when_configured(token_app: Flask) -> None:
     assert client.get("/api/devices").status_code == 200  # reads stay open by default
     legacy = client.post("/request", json={"fan": "off"})
     assert legacy.status_code == 401 and legacy.json["success"] is False
+
+
+@pytest.mark.parametrize("route", ["frames", "ambient", "frames.csv"])
+@pytest.mark.parametrize("name", ["since", "until"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0001-01-01T00:00:00+01:00",  # in UTC that is year 0: converting it overflows
+        "9999-12-31T23:59:59-01:00",  # in UTC, year 10000
+    ],
+)
+def test_out_of_range_times_are_a_400_naming_the_parameter(
+    client: FlaskClient, feeder: Feeder, route: str, name: str, value: str
+) -> None:
+    response = client.get(f"/api/devices/node1/{route}", query_string={name: value})
+    assert response.status_code == 400, response.text
+    assert response.json["error"].startswith(f"{name} must be"), response.json
+
+
+@pytest.mark.parametrize("route", ["frames", "ambient", "frames.csv"])
+def test_the_extreme_times_in_range_are_accepted(
+    client: FlaskClient, feeder: Feeder, route: str
+) -> None:
+    url = f"/api/devices/node1/{route}"
+    extremes = {"since": "0001-01-01T00:00:00Z", "until": "9999-12-31T23:59:59.999999Z"}
+    response = client.get(url, query_string=extremes)
+    assert response.status_code == 200 and "23.0" in response.text  # the ambient reading
