@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from bridge import announcements as ann
 from bridge.config import Config
-from bridge.ttn import DownlinkEvent, build_downlink_replace
+from bridge.ttn import DownlinkEvent, build_downlink_replace, format_time
 from db.store import FINAL_STATUSES, DeviceRecord, DownlinkRecord, Store, Tx
 from node_firmware.protocol import (
     SETTINGS_PORT,
@@ -40,7 +40,12 @@ Publish = Callable[[str, bytes], None]
 
 
 class RateLimited(Exception):
-    """Too many settings downlinks for one device within a day (TTN fair use)."""
+    """Too many settings downlinks for one device within a day (TTN fair use); a new one may
+    be requested from `retry_at` on."""
+
+    def __init__(self, message: str, retry_at: datetime) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +110,17 @@ class Downlinks:
             wanted = merge_settings(current, change)
             if wanted == current:
                 return SettingsOutcome("unchanged", current, None)
-            since = now - timedelta(days=1)
-            if tx.count_downlinks_since(device_id, since) >= self.config.settings_per_day:
+            # Only what reached the node counts: the pending requests this one replaces were
+            # never sent (down/replace takes them out of TTN's queue).
+            limit = self.config.settings_per_day
+            sent = tx.transmitted_downlink_times(device_id, now - timedelta(days=1))
+            if len(sent) >= limit:
+                retry_at = sent[len(sent) - limit] + timedelta(days=1)
                 raise RateLimited(
-                    f"{device_id} already had {self.config.settings_per_day} settings changes "
-                    "in the last 24 hours (The Things Network's fair-use policy allows about 10 "
-                    "downlinks a day); try again later"
+                    f"{device_id} was already sent {len(sent)} settings downlinks in the last "
+                    f"24 hours, the limit (The Things Network's fair-use policy allows about 10 "
+                    f"downlinks a day); try again after {format_time(retry_at)}",
+                    retry_at,
                 )
             for old in tx.pending_downlinks(device_id):
                 tx.set_downlink_status(

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 PENDING_STATUSES = ("queued", "sent", "acked", "nacked")
 UPLINK_KEY_CHARS = 160  # the uplink log's key column
 FINAL_STATUSES = ("applied", "failed", "superseded")
+TRANSMITTED_STATUSES = ("sent", "acked", "nacked", "applied")  # it reached the node's radio
 
 
 class StorageUnavailable(RuntimeError):
@@ -576,16 +577,27 @@ class Tx:
         ).first()
         return None if row is None else _downlink(row)
 
-    def count_downlinks_since(self, device_id: str, since: datetime) -> int:
-        """How many downlinks a device was sent since a time (fair-use rate limit)."""
-        c = t.downlinks.c
-        return int(
-            self.conn.execute(
-                select(func.count())
-                .select_from(t.downlinks)
-                .where(c.device_id == device_id, c.requested_at >= since)
-            ).scalar_one()
+    def transmitted_downlink_times(self, device_id: str, since: datetime) -> list[datetime]:
+        """When a device's downlinks requested since a time and transmitted to it were
+        requested, oldest first (the fair-use rate limit): The Things Stack reported them
+        sent, acked or nacked, or the node applied them. A request replaced before it was
+        sent never reached the air and is not among them."""
+        d, h = t.downlinks.c, t.downlink_history.c
+        was_sent = (
+            select(h.downlink_id)
+            .where(h.downlink_id == d.downlink_id, h.status.in_(TRANSMITTED_STATUSES))
+            .exists()
         )
+        rows = self.conn.execute(
+            select(d.requested_at)
+            .where(
+                d.device_id == device_id,
+                d.requested_at >= since,
+                d.status.in_(TRANSMITTED_STATUSES) | was_sent,
+            )
+            .order_by(d.requested_at)
+        ).all()
+        return [r.requested_at for r in rows]
 
     # alarms
 

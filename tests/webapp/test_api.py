@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.ttn_messages import at_seconds, downlink_event
 from tests.webapp.fixtures import Feeder, make_app, make_config
 
 
@@ -152,12 +153,27 @@ def test_settings_are_validated_merged_and_queued(client: FlaskClient, feeder: F
 
 def test_settings_rate_limit_is_a_clear_429(client: FlaskClient, feeder: Feeder) -> None:
     for threshold in (51, 52, 53):
-        assert (
-            client.post("/api/devices/node1/settings", json={"threshold": threshold}).status_code
-            == 202
-        )
+        response = client.post("/api/devices/node1/settings", json={"threshold": threshold})
+        assert response.status_code == 202
+        cid = client.get("/api/devices/node1/downlinks").json["downlinks"][0]["correlation_id"]
+        feeder.bridge.handle_message(downlink_event("node1", "sent", [cid], at_seconds(100)))
     response = client.post("/api/devices/node1/settings", json={"threshold": 54})
     assert response.status_code == 429 and "fair-use" in response.json["error"]
+    # When to retry: 24 h after the oldest of the three was requested (RFC 9110 10.2.3).
+    retry_after = int(response.headers["Retry-After"])
+    assert 86_400 - 60 < retry_after <= 86_400
+    assert "try again after 20" in response.json["error"]
+    legacy = client.post("/request", json={"threshold": 54})
+    assert legacy.status_code == 429 and legacy.json["success"] is False
+    assert 86_400 - 60 < int(legacy.headers["Retry-After"]) <= 86_400
+
+
+def test_requests_replaced_before_they_were_sent_are_not_rate_limited(
+    client: FlaskClient, feeder: Feeder
+) -> None:
+    for threshold in range(51, 61):  # ten quick edits, each replacing the last one unsent
+        response = client.post("/api/devices/node1/settings", json={"threshold": threshold})
+        assert response.status_code == 202, response.json
 
 
 def test_oversized_body_is_413(client: FlaskClient, feeder: Feeder) -> None:
