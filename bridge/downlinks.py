@@ -185,7 +185,7 @@ class Downlinks:
 
     def apply_event(self, tx: Tx, event: DownlinkEvent) -> list[tuple[str, dict, str]]:
         """Record a TTN downlink event on its request; returns the announcements to make."""
-        record = tx.downlink_by_correlation(event.correlation_ids)
+        record = tx.downlink_by_correlation(event.device_id, event.correlation_ids)
         if record is None and event.f_port is not None and event.payload is not None:
             record = tx.downlink_by_payload(event.device_id, event.f_port, event.payload)
         if record is None:
@@ -194,6 +194,10 @@ class Downlinks:
                 event.status,
                 event.device_id,
             )
+            return []
+        if tx.has_history(record.downlink_id, event.status, event.at):
+            # The same event again (a redelivery, a second bridge, a backfill): applied once.
+            log.debug("downlink %s event for %s again; ignored", event.status, event.device_id)
             return []
         message = event.message or {
             "queued": "queued by The Things Stack",
@@ -209,7 +213,7 @@ class Downlinks:
             tx.add_history(record.downlink_id, event.status, event.at, message)
             return []
         tx.set_downlink_status(record.downlink_id, event.status, event.at, message)
-        updated = tx.downlink_by_correlation([record.correlation_id])
+        updated = tx.downlink_by_correlation(record.device_id, [record.correlation_id])
         assert updated is not None
         return [("downlink", ann.downlink(updated, event.status, event.at), event.device_id)]
 
@@ -224,7 +228,7 @@ class Downlinks:
                 tx.set_downlink_status(
                     record.downlink_id, "applied", at, "the node reported the new settings"
                 )
-                updated = tx.downlink_by_correlation([record.correlation_id])
+                updated = tx.downlink_by_correlation(record.device_id, [record.correlation_id])
                 assert updated is not None
                 out.append(("downlink", ann.downlink(updated, "applied", at), device_id))
         return out

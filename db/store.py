@@ -550,12 +550,18 @@ class Tx:
         ).all()
         return [_downlink(r) for r in rows]
 
-    def downlink_by_correlation(self, correlation_ids: Sequence[str]) -> DownlinkRecord | None:
-        """The downlink one of these correlation ids belongs to."""
+    def downlink_by_correlation(
+        self, device_id: str, correlation_ids: Sequence[str]
+    ) -> DownlinkRecord | None:
+        """The downlink of this device one of these correlation ids belongs to, locked for
+        this transaction (two bridges may apply the same event at once)."""
         if not correlation_ids:
             return None
+        c = t.downlinks.c
         row = self.conn.execute(
-            select(t.downlinks).where(t.downlinks.c.correlation_id.in_(list(correlation_ids)))
+            select(t.downlinks)
+            .where(c.device_id == device_id, c.correlation_id.in_(list(correlation_ids)))
+            .with_for_update()
         ).first()
         return None if row is None else _downlink(row)
 
@@ -574,8 +580,22 @@ class Tx:
             )
             .order_by(c.downlink_id.desc())
             .limit(1)
+            .with_for_update()
         ).first()
         return None if row is None else _downlink(row)
+
+    def has_history(self, downlink_id: int, status: str, at: datetime) -> bool:
+        """Whether a downlink's history already holds this status at this time (the event
+        was applied before: a redelivery)."""
+        h = t.downlink_history.c
+        return (
+            self.conn.execute(
+                select(h.downlink_id)
+                .where(h.downlink_id == downlink_id, h.status == status, h.at == at)
+                .limit(1)
+            ).first()
+            is not None
+        )
 
     def transmitted_downlink_times(self, device_id: str, since: datetime) -> list[datetime]:
         """When a device's downlinks requested since a time and transmitted to it were

@@ -204,3 +204,43 @@ def test_transmitted_downlinks_count_against_the_daily_limit_until_a_slot_frees(
     assert start + timedelta(days=1) <= refused.value.retry_at
     assert refused.value.retry_at <= datetime.now(UTC) + timedelta(days=1)
     assert format_time(refused.value.retry_at) in str(refused.value)
+
+
+def history(h: BridgeHarness, downlink_id: int) -> list[str]:
+    record = next(d for d in h.store.downlinks("node1") if d.downlink_id == downlink_id)
+    return [step.status for step in record.history]
+
+
+def test_a_redelivered_downlink_event_is_recorded_and_pushed_once(
+    harness: BridgeHarness, publisher: Publisher
+) -> None:
+    downlink = request(harness, fan=True).downlink
+    sent = downlink_event("node1", "sent", [downlink.correlation_id], at_seconds(5))
+    publisher.publish(topic("node1", "down/sent"), sent)
+    publisher.publish(topic("node1", "down/sent"), sent)  # the broker delivers it again
+    harness.wait_handled(3)
+    assert statuses(harness, downlink.downlink_id) == ["queued", "sent"]
+    assert history(harness, downlink.downlink_id) == ["queued", "sent"]
+    # A late duplicate of an event a final status already outran is kept once too.
+    status = encode_status(NodeStatus(1, True, True, Mode.SLOW, 50, 21))
+    publisher.publish(topic("node1"), uplink("node1", 1, status, at_seconds(6), f_port=2))
+    ack = downlink_event("node1", "ack", [downlink.correlation_id], at_seconds(7))
+    for _ in range(2):
+        publisher.publish(topic("node1", "down/ack"), ack)
+    harness.wait_handled(6)
+    assert history(harness, downlink.downlink_id) == ["queued", "sent", "applied", "acked"]
+
+
+def test_a_correlation_id_matches_only_a_downlink_of_the_event_s_device(
+    harness: BridgeHarness, publisher: Publisher
+) -> None:
+    downlink = request(harness, fan=True).downlink
+    publisher.publish(
+        topic("node2", "down/sent"),
+        downlink_event("node2", "sent", [downlink.correlation_id], at_seconds(5)),
+    )
+    harness.wait_handled(2)
+    assert statuses(harness, downlink.downlink_id) == ["queued"]
+    assert history(harness, downlink.downlink_id) == ["queued"]
+    record = harness.store.downlink(downlink.downlink_id)
+    assert record is not None and record.status == "queued"
