@@ -15,7 +15,9 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -27,6 +29,8 @@ from sqlalchemy import create_engine, text
 from bridge import announcements as ann
 from bridge.announcements import Announce
 from node_firmware.protocol import Mode
+from tests.processes import Server, app_env, gunicorn_args
+from tests.services import free_port
 from tests.waiting import wait_for
 from tests.webapp.fixtures import Feeder, LiveServer, make_config
 from webapp import create_app
@@ -40,32 +44,69 @@ T = TypeVar("T")
 
 @dataclass
 class Site:
-    server: LiveServer
-    feeder: Feeder
+    url: str
+    feeder: Feeder  # stores through the bridge's logic and announces through `announce`
     announce: Announce  # how the bridge's announcements reach the server
     db_url: str
 
 
-@pytest.fixture(params=["in-process", "redis"])
-def site(request: pytest.FixtureRequest, mysql_url: str) -> Iterator[Site]:
-    queue = request.getfixturevalue("redis_server").url if request.param == "redis" else None
-    app = create_app(make_config(mysql_url, message_queue=queue), start_bridge=False)
+@contextmanager
+def threading_site(db_url: str, queue: str | None) -> Iterator[Site]:
+    """The app in this process, in threading mode; with a queue, live events come from a
+    write-only emitter on it, as `python -m bridge` sends them."""
+    app = create_app(make_config(db_url, message_queue=queue), start_bridge=False)
     assert app.extensions["socketio"].async_mode == "threading"
     server = LiveServer(app)
     runtime = app.extensions["thermal"]
     announce: Announce = runtime.announce
-    if queue is not None:  # as `python -m bridge` does: a write-only emitter on the queue
+    if queue is not None:
         emitter = SocketIO(message_queue=queue)
 
         def announce(event: str, payload: dict[str, Any], device_id: str) -> None:
             emitter.emit(event, payload, to=[device_room(device_id), ROOM_ALL])
 
     try:
-        yield Site(server, Feeder(app), announce, mysql_url)
+        yield Site(server.url, Feeder(app), announce, db_url)
     finally:
         server.stop()
         runtime.stop()
         runtime.store.engine.dispose()
+
+
+@contextmanager
+def eventlet_site(db_url: str, log: Path) -> Iterator[Site]:
+    """gunicorn's eventlet worker in a process of its own; the feeder writes to its database
+    from here (its announcements reach no client)."""
+    app = create_app(make_config(db_url), start_bridge=False)
+    runtime = app.extensions["thermal"]
+    port = free_port()
+    env = app_env("127.0.0.1", free_port(), db_url, THERMAL_RUN_BRIDGE="false")
+    server = Server(gunicorn_args("eventlet", port, 50), env, port, log)
+    try:
+        server.wait_ready()
+        yield Site(f"http://127.0.0.1:{port}", Feeder(app), runtime.announce, db_url)
+    finally:
+        server.stop()
+        runtime.stop()
+        runtime.store.engine.dispose()
+
+
+@pytest.fixture(params=["threading", "threading+redis"])
+def site(request: pytest.FixtureRequest, mysql_url: str) -> Iterator[Site]:
+    queue = request.getfixturevalue("redis_server").url if "redis" in request.param else None
+    with threading_site(mysql_url, queue) as made:
+        yield made
+
+
+@pytest.fixture(params=["threading", "threading+redis", "gunicorn-eventlet"])
+def any_site(request: pytest.FixtureRequest, mysql_url: str, tmp_path: Path) -> Iterator[Site]:
+    if request.param == "gunicorn-eventlet":
+        with eventlet_site(mysql_url, tmp_path / "eventlet.log") as made:
+            yield made
+        return
+    queue = request.getfixturevalue("redis_server").url if "redis" in request.param else None
+    with threading_site(mysql_url, queue) as made:
+        yield made
 
 
 class InOrderClient:
@@ -116,15 +157,14 @@ def test_frames_sent_from_many_threads_arrive_whole_with_their_own_png(site: Sit
     for number, device_id in enumerate(DEVICES):
         site.feeder.frame(device_id, hot=30.0 + number, number=number, mode=Mode.FAST)
         site.feeder.frame(device_id, hot=40.0 + number, number=number + 10, mode=Mode.FAST)
-    store = site.server.app.extensions["thermal"].store
+    store = site.feeder.bridge.store
     frames = [f for d in DEVICES for f in store.frames(d)]
     pngs = {
-        f.frame_id: requests.get(f"{site.server.url}/api/frames/{f.frame_id}.png").content
-        for f in frames
+        f.frame_id: requests.get(f"{site.url}/api/frames/{f.frame_id}.png").content for f in frames
     }
     assert len(set(pngs.values())) == len(frames) == 8
 
-    client = InOrderClient(site.server.url, events=("frame",))
+    client = InOrderClient(site.url, events=("frame",))
     try:
         ack = client.run(client.client.call("subscribe", {"devices": "*"}, timeout=20))
         assert ack == {"subscribed": "*"}
@@ -182,20 +222,21 @@ def waiting_for_table_lock(db_url: str, table: str) -> bool:
     return any(table in (row.INFO or "") for row in rows)
 
 
-def test_a_client_subscribing_during_a_change_ends_with_the_newest_state(site: Site) -> None:
+def test_a_client_subscribing_during_a_change_ends_with_the_newest_state(any_site: Site) -> None:
+    site = any_site
     # The subscribe handler is paused between reading the devices and reading their frames (a
     # table lock held by the test); meanwhile a settings change commits and is announced. The
     # snapshot read the device before that change: the client must still end with the change.
     site.feeder.status("d0")
     site.feeder.frame("d0", hot=33.3, number=1, mode=Mode.FAST)
-    client = InOrderClient(site.server.url, events=("node_state",))
+    client = InOrderClient(site.url, events=("node_state",))
     locker = create_engine(site.db_url).connect()
     try:
         locker.execute(text("LOCK TABLES frames WRITE"))
         answer = client.start(client.client.call("subscribe", {"devices": "*"}, timeout=30))
         wait_for(lambda: waiting_for_table_lock(site.db_url, "frames"), 20, "the snapshot to wait")
         response = requests.post(
-            f"{site.server.url}/api/devices/d0/settings", json={"threshold": 61}, timeout=20
+            f"{site.url}/api/devices/d0/settings", json={"threshold": 61}, timeout=20
         )
         assert response.status_code == 202, response.text
         downlink_id = response.json()["downlink"]["downlink_id"]
