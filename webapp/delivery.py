@@ -53,22 +53,21 @@ class Delivery:
     def install(cls, server: socketio.Server) -> Delivery:
         """Route every send of `server` through one Delivery (call once per server)."""
         delivery = cls(server)
-        # Every packet python-socketio (>= 5.11, < 6) sends to a client goes through these two
-        # methods, and a whole event (header and attachments) through one call of the manager's
-        # emit (`_handle_emit` for the message-queue managers, whose listener calls it).
+        # Every packet python-socketio (>= 5.11, < 6) sends to a client goes through
+        # `_send_packet` (or, for the emits it encodes once for many clients, through
+        # `_send_eio_packet`, which older versions lack), and a whole event (header and
+        # attachments) through one call of the manager's emit (`_handle_emit` for the
+        # message-queue managers, whose listener calls it).
         manager = server.manager
         emit_name = "_handle_emit" if isinstance(manager, socketio.PubSubManager) else "emit"
-        for owner, name in (
-            (server, "_send_packet"),
-            (server, "_send_eio_packet"),
-            (manager, emit_name),
-        ):
+        for owner, name in ((server, "_send_packet"), (manager, emit_name)):
             if not callable(getattr(owner, name, None)):
                 raise RuntimeError(
                     f"python-socketio changed: {type(owner).__name__}.{name} is gone"
                 )
         server._send_packet = delivery._held_back(server._send_packet)
-        server._send_eio_packet = delivery._held_back(server._send_eio_packet)
+        if callable(getattr(server, "_send_eio_packet", None)):
+            server._send_eio_packet = delivery._held_back(server._send_eio_packet)
         setattr(manager, emit_name, delivery._locked(getattr(manager, emit_name)))
         return delivery
 
