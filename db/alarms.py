@@ -143,15 +143,16 @@ def clear_alarm(
 
 def ack_alarm(
     conn: Connection, alarm_id: int, by: str, note: str | None, at: datetime
-) -> AlarmRecord | None:
-    """Acknowledge an alarm once; an acked alarm is returned unchanged. None if unknown."""
+) -> tuple[AlarmRecord | None, bool]:
+    """Acknowledge an alarm once: (the alarm, whether this acked it). An acked alarm is
+    returned unchanged; (None, False) if there is no such alarm."""
     c = t.alarms.c
-    conn.execute(
+    result = conn.execute(
         update(t.alarms)
         .where(c.alarm_id == alarm_id, c.acked_at.is_(None))
         .values(acked_at=at, acked_by=by[:64], note=note)
     )
-    return alarm_by_id(conn, alarm_id)
+    return alarm_by_id(conn, alarm_id), bool(result.rowcount)
 
 
 def list_alarms(conn: Connection, f: AlarmFilter) -> list[AlarmRecord]:

@@ -1018,8 +1018,8 @@ class Store:
 
     def ack_alarm(
         self, alarm_id: int, by: str, note: str | None, at: datetime
-    ) -> AlarmRecord | None:
-        """Acknowledge an alarm (once); None if there is no such alarm."""
+    ) -> tuple[AlarmRecord | None, bool]:
+        """Acknowledge an alarm (once): (the alarm or None if unknown, whether this acked it)."""
         with self.transaction() as tx:
             return alarm_rows.ack_alarm(tx.conn, alarm_id, by, note, at)
 
