@@ -20,7 +20,10 @@ How frames are judged (and where DESIGN.md is silent, what Prometheus and Things
   below threshold − `hysteresis_c` (Prometheus's `keep_firing_for`, ThingsBoard's clear
   condition with a duration). A complete frame inside the band resets that count; a partial frame
   at or below the threshold neither counts nor resets (it proves nothing either way).
-- A drop back to warning (de-escalation) is judged on complete frames only.
+- A drop back to warning (de-escalation) is judged on complete frames only, and only while the
+  hottest pixel is still above the threshold: a frame at or below it is on the way to clearing,
+  and the alarm keeps its severity until it clears (as Prometheus keeps an alert firing as it
+  was during `keep_firing_for`).
 - non_uniform and rate_of_rise are judged on complete frames only; offline on uplinks and
   silences.
 - One alarm per device and kind is active at a time: a kind is either active (with a severity)
@@ -269,14 +272,8 @@ def _judge_over_threshold(
         if s.severity is not None and s.cool_run >= rules.clear_after_frames:
             run.emit(kind, "cleared", s.severity, hottest, threshold, frame.at)
             s = replace(s, severity=None, cool_run=0)
-        elif s.severity == "critical":
-            s = replace(s, severity="warning")
-            run.emit(kind, "deescalated", "warning", hottest, threshold, frame.at)
     else:  # inside the hysteresis band: the clearing count starts again
         s = replace(s, hot_run=0, cool_run=0)
-        if s.severity == "critical":
-            s = replace(s, severity="warning")
-            run.emit(kind, "deescalated", "warning", hottest, threshold, frame.at)
     run.set(kind, s)
 
 

@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from bridge.alarms import AlarmRules
 from bridge.config import Config, MqttConfig
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,10 @@ log = logging.getLogger(__name__)
 DEMO_NODES = 3
 DEMO_INTERVAL_S = 0.25  # accelerated: a slow-mode frame (24 uplinks) every 6 s per node
 DEMO_APP_ID = "thermal-demo"
+# The simulated scenes move 30 s per uplink, 120 times faster than the clock (0.25 s): the
+# rate-of-rise window shrinks by as much, or every ordinary warm-up would look like a runaway.
+# The racks' cells sit some 10 °C above the room, so uneven means a hot spot: 25 °C.
+DEMO_ALARM_RULES = AlarmRules(non_uniform_spread_c=25.0, rise_window_s=600.0 / 120)
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -90,6 +95,7 @@ def demo_config(base: Config, mqtt_port: int, web_port: int) -> Config:
         offline_after_s=30.0,
         frame_timeout_s=120.0,
         web_port=web_port,
+        alarm_rules=DEMO_ALARM_RULES,
     )
 
 

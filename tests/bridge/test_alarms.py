@@ -100,6 +100,14 @@ def test_escalation_and_deescalation_update_the_same_alarm() -> None:
     ]
 
 
+def test_a_cooling_critical_alarm_clears_as_critical_without_deescalating() -> None:
+    got = run([frame(0, 65), frame(1, 45), frame(2, 49), frame(3, 45), frame(4, 45)])
+    assert [c for c in changes(got) if c[0] == "over_threshold"] == [
+        ("over_threshold", "opened", "critical"),
+        ("over_threshold", "cleared", "critical"),
+    ]
+
+
 def test_a_partial_frame_does_not_deescalate() -> None:
     got = run([frame(0, 65), frame(1, 55, complete=False)])
     assert changes(got) == [("over_threshold", "opened", "critical")]
