@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -553,25 +553,31 @@ class Bridge:
         """
         t = transition
         current = tx.active_alarms(device_id).get(t.kind)
-        if t.change == "opened" and current is None:
+        if current is not None and t.change == "opened":
+            # The database has it active already (a state rebuilt, another writer): the same
+            # alarm, at most a new severity.
+            if current.severity == t.severity:
+                return []
+            t = replace(t, change="escalated" if t.severity == "critical" else "deescalated")
+        if t.change == "opened":
             record = tx.open_alarm(device_id, t.kind, t.severity, t.value, t.limit, t.at)
-            log.warning(
-                "alarm %s opened for %s (%s): %s (limit %s)",
-                t.kind,
-                device_id,
-                t.severity,
-                t.value,
-                t.limit,
-            )
-        elif current is None or (t.change == "opened" and current.severity == t.severity):
-            log.info("alarm %s of %s is already %s", t.kind, device_id, t.change)
+        elif current is None:
+            log.info("no active %s alarm of %s to mark %s", t.kind, device_id, t.change)
             return []
         elif t.change == "cleared":
             record = tx.close_alarm(current, t.value, t.at)
-            log.info("alarm %s cleared for %s", t.kind, device_id)
-        else:  # escalated, deescalated (or opened while the database had it at another severity)
+        else:
             record = tx.change_alarm_severity(current, t.severity, t.value, t.at)
-            log.warning("alarm %s of %s %s to %s", t.kind, device_id, t.change, t.severity)
+        log.log(
+            logging.INFO if t.change == "cleared" else logging.WARNING,
+            "alarm %s of %s %s (%s): %s (limit %s)",
+            t.kind,
+            device_id,
+            t.change,
+            t.severity,
+            t.value,
+            t.limit,
+        )
         return [("alarm", ann.alarm(record, t.change), device_id)]
 
     def _store_ambient(
