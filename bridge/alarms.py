@@ -347,13 +347,19 @@ def _judge_rate_of_rise(run: _Run, rules: AlarmRules, frame: FrameSummary) -> No
 
 def _early(run: _Run, rules: AlarmRules, threshold: float, pending: list[FrameSummary]) -> None:
     """over_threshold on frames not judged yet (still arriving, or waiting behind one): open
-    after enough consecutive hot frames, escalate on a pixel above the critical margin."""
+    after enough consecutive hot frames, escalate on a pixel above the critical margin.
+
+    A frame not above the threshold so far restarts the count as a cool complete frame would
+    (a partial one, settled, is skipped as when judged): with `open_after_frames` 1, any hot
+    pixel opens at once, even while an older frame still waits for a lost fragment."""
     kind = "over_threshold"
     s = run.get(kind)
     hot_run = s.hot_run
     for frame in pending:
         if frame.temp_max is None or frame.temp_max <= threshold:
-            break
+            if not frame.settled or frame.complete:
+                hot_run = 0
+            continue
         hot_run += 1
         severity = _severity(frame.temp_max, threshold, rules)
         if s.severity is None and hot_run >= rules.open_after_frames:

@@ -186,6 +186,15 @@ def test_a_newer_complete_frame_waits_for_an_older_one_still_arriving() -> None:
     assert state.waiting == ()
 
 
+def test_a_hot_frame_opens_at_once_while_an_older_one_waits_for_a_lost_fragment() -> None:
+    state = AlarmState()
+    older = frame(1, 30, complete=False, settled=False)
+    newer = frame(2, 52, complete=False, settled=False)
+    state, got = evaluate_frames(state, RULES, THRESHOLD, [older, newer])
+    assert changes(got) == [("over_threshold", "opened", "warning")]
+    assert got[0].at == newer.at
+
+
 def test_state_survives_json_and_rebuilds_from_active_alarms() -> None:
     state = AlarmState()
     for f in [frame(0, 65), frame(1, 40), frame(2, 30, complete=False, settled=False)]:
