@@ -171,3 +171,37 @@ def test_a_late_fragment_of_an_older_frame_does_not_clear_the_newest_frames_alar
         at = at_seconds(30 + fragment.index)
         bridge.handle_message(uplink("hot1", f_cnt, encode_fragment(fragment), at))
     assert over_threshold([recorder]) == ["opened", "cleared"]
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    temps=st.lists(st.sampled_from([30.0, 47.0, 49.0, 55.0, 65.0]), min_size=2, max_size=8),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_through_the_bridge_fragments_of_consecutive_frames_in_any_interleaving_give_the_in_order_alarms(
+    tmp_path_factory: pytest.TempPathFactory, temps: list[float], seed: int
+) -> None:
+    """Slow frames (24 uplinks each) through the real reassembler and store: each uplink
+    delivered up to a few uplinks early or late (network time stays the node's)."""
+    bodies = []
+    for number, hot in enumerate(temps):
+        for fragment in fragment_frame(
+            scene(number, hot), Mode.SLOW, number, fan=False, ambient=22
+        ):
+            at = at_seconds(30 * number + fragment.index)
+            bodies.append(uplink("hot1", len(bodies), encode_fragment(fragment), at))
+    rng = random.Random(seed)
+    shuffled = [b for _, b in sorted((i + rng.uniform(-4, 4), b) for i, b in enumerate(bodies))]
+    got = []
+    for order in (bodies, shuffled):
+        url = f"sqlite:///{tmp_path_factory.mktemp('order') / 'thermal.sqlite3'}"
+        upgrade(Store.from_url(url).engine)
+        recorder = Recorder()
+        bridge = new_bridge(url, recorder)
+        for body in order:
+            bridge.handle_message(body)
+        got.append([t for t in over_threshold([recorder]) if t in ("opened", "cleared")])
+        bridge.store.engine.dispose()
+    assert got[0] == got[1]
