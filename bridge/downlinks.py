@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from bridge import announcements as ann
 from bridge.config import Config
-from bridge.ttn import DownlinkEvent, build_downlink_replace
+from bridge.ttn import DownlinkEvent, build_downlink_replace, format_time
 from db.store import FINAL_STATUSES, DeviceRecord, DownlinkRecord, Store, Tx
 from node_firmware.protocol import (
     SETTINGS_PORT,
@@ -40,7 +40,12 @@ Publish = Callable[[str, bytes], None]
 
 
 class RateLimited(Exception):
-    """Too many settings downlinks for one device within a day (TTN fair use)."""
+    """Too many settings downlinks for one device within a day (TTN fair use); a new one may
+    be requested from `retry_at` on."""
+
+    def __init__(self, message: str, retry_at: datetime) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +110,17 @@ class Downlinks:
             wanted = merge_settings(current, change)
             if wanted == current:
                 return SettingsOutcome("unchanged", current, None)
-            since = now - timedelta(days=1)
-            if tx.count_downlinks_since(device_id, since) >= self.config.settings_per_day:
+            # Only what reached the node counts: the pending requests this one replaces were
+            # never sent (down/replace takes them out of TTN's queue).
+            limit = self.config.settings_per_day
+            sent = tx.transmitted_downlink_times(device_id, now - timedelta(days=1))
+            if len(sent) >= limit:
+                retry_at = sent[len(sent) - limit] + timedelta(days=1)
                 raise RateLimited(
-                    f"{device_id} already had {self.config.settings_per_day} settings changes "
-                    "in the last 24 hours (The Things Network's fair-use policy allows about 10 "
-                    "downlinks a day); try again later"
+                    f"{device_id} was already sent {len(sent)} settings downlinks in the last "
+                    f"24 hours, the limit (The Things Network's fair-use policy allows about 10 "
+                    f"downlinks a day); try again after {format_time(retry_at)}",
+                    retry_at,
                 )
             for old in tx.pending_downlinks(device_id):
                 tx.set_downlink_status(
@@ -175,7 +185,7 @@ class Downlinks:
 
     def apply_event(self, tx: Tx, event: DownlinkEvent) -> list[tuple[str, dict, str]]:
         """Record a TTN downlink event on its request; returns the announcements to make."""
-        record = tx.downlink_by_correlation(event.correlation_ids)
+        record = tx.downlink_by_correlation(event.device_id, event.correlation_ids)
         if record is None and event.f_port is not None and event.payload is not None:
             record = tx.downlink_by_payload(event.device_id, event.f_port, event.payload)
         if record is None:
@@ -184,6 +194,10 @@ class Downlinks:
                 event.status,
                 event.device_id,
             )
+            return []
+        if tx.has_history(record.downlink_id, event.status, event.at):
+            # The same event again (a redelivery, a second bridge, a backfill): applied once.
+            log.debug("downlink %s event for %s again; ignored", event.status, event.device_id)
             return []
         message = event.message or {
             "queued": "queued by The Things Stack",
@@ -199,7 +213,7 @@ class Downlinks:
             tx.add_history(record.downlink_id, event.status, event.at, message)
             return []
         tx.set_downlink_status(record.downlink_id, event.status, event.at, message)
-        updated = tx.downlink_by_correlation([record.correlation_id])
+        updated = tx.downlink_by_correlation(record.device_id, [record.correlation_id])
         assert updated is not None
         return [("downlink", ann.downlink(updated, event.status, event.at), event.device_id)]
 
@@ -214,7 +228,7 @@ class Downlinks:
                 tx.set_downlink_status(
                     record.downlink_id, "applied", at, "the node reported the new settings"
                 )
-                updated = tx.downlink_by_correlation([record.correlation_id])
+                updated = tx.downlink_by_correlation(record.device_id, [record.correlation_id])
                 assert updated is not None
                 out.append(("downlink", ann.downlink(updated, "applied", at), device_id))
         return out

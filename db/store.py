@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 PENDING_STATUSES = ("queued", "sent", "acked", "nacked")
 UPLINK_KEY_CHARS = 160  # the uplink log's key column
 FINAL_STATUSES = ("applied", "failed", "superseded")
+TRANSMITTED_STATUSES = ("sent", "acked", "nacked", "applied")  # it reached the node's radio
 
 
 class StorageUnavailable(RuntimeError):
@@ -528,12 +529,18 @@ class Tx:
         ).all()
         return [_downlink(r) for r in rows]
 
-    def downlink_by_correlation(self, correlation_ids: Sequence[str]) -> DownlinkRecord | None:
-        """The downlink one of these correlation ids belongs to."""
+    def downlink_by_correlation(
+        self, device_id: str, correlation_ids: Sequence[str]
+    ) -> DownlinkRecord | None:
+        """The downlink of this device one of these correlation ids belongs to, locked for
+        this transaction (two bridges may apply the same event at once)."""
         if not correlation_ids:
             return None
+        c = t.downlinks.c
         row = self.conn.execute(
-            select(t.downlinks).where(t.downlinks.c.correlation_id.in_(list(correlation_ids)))
+            select(t.downlinks)
+            .where(c.device_id == device_id, c.correlation_id.in_(list(correlation_ids)))
+            .with_for_update()
         ).first()
         return None if row is None else _downlink(row)
 
@@ -552,19 +559,44 @@ class Tx:
             )
             .order_by(c.downlink_id.desc())
             .limit(1)
+            .with_for_update()
         ).first()
         return None if row is None else _downlink(row)
 
-    def count_downlinks_since(self, device_id: str, since: datetime) -> int:
-        """How many downlinks a device was sent since a time (fair-use rate limit)."""
-        c = t.downlinks.c
-        return int(
+    def has_history(self, downlink_id: int, status: str, at: datetime) -> bool:
+        """Whether a downlink's history already holds this status at this time (the event
+        was applied before: a redelivery)."""
+        h = t.downlink_history.c
+        return (
             self.conn.execute(
-                select(func.count())
-                .select_from(t.downlinks)
-                .where(c.device_id == device_id, c.requested_at >= since)
-            ).scalar_one()
+                select(h.downlink_id)
+                .where(h.downlink_id == downlink_id, h.status == status, h.at == at)
+                .limit(1)
+            ).first()
+            is not None
         )
+
+    def transmitted_downlink_times(self, device_id: str, since: datetime) -> list[datetime]:
+        """When a device's downlinks requested since a time and transmitted to it were
+        requested, oldest first (the fair-use rate limit): The Things Stack reported them
+        sent, acked or nacked, or the node applied them. A request replaced before it was
+        sent never reached the air and is not among them."""
+        d, h = t.downlinks.c, t.downlink_history.c
+        was_sent = (
+            select(h.downlink_id)
+            .where(h.downlink_id == d.downlink_id, h.status.in_(TRANSMITTED_STATUSES))
+            .exists()
+        )
+        rows = self.conn.execute(
+            select(d.requested_at)
+            .where(
+                d.device_id == device_id,
+                d.requested_at >= since,
+                d.status.in_(TRANSMITTED_STATUSES) | was_sent,
+            )
+            .order_by(d.requested_at)
+        ).all()
+        return [r.requested_at for r in rows]
 
     # alarms (records and queries in db/alarms.py)
 

@@ -39,6 +39,7 @@ def detect_async_mode() -> str:
 
 def create_app(config: Config | None = None, *, start_bridge: bool | None = None) -> Flask:
     """Build the app; with the bridge running in this process unless told otherwise."""
+    from webapp.delivery import Delivery
     from webapp.runtime import Runtime
 
     if config is None:
@@ -53,15 +54,20 @@ def create_app(config: Config | None = None, *, start_bridge: bool | None = None
         JSON_SORT_KEYS=False,
     )
     async_mode = detect_async_mode()
+    # Without a queue, say so: Flask-SocketIO would otherwise keep the queue manager an earlier
+    # create_app of this process left in the module-level SocketIO's options.
+    no_queue: dict[str, None] = {} if config.message_queue else {"client_manager": None}
     socketio.init_app(
         app,
         async_mode=async_mode,
         message_queue=config.message_queue,
+        **no_queue,
         cors_allowed_origins=None,  # engineio: same origin only (clients without Origin pass)
         max_http_buffer_size=MAX_BODY_BYTES,
         ping_interval=20,
         ping_timeout=20,
     )
+    app.extensions["delivery"] = Delivery.install(socketio.server)
     runtime = Runtime(config, socketio)
     app.extensions["thermal"] = runtime
 

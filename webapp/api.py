@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -48,29 +49,36 @@ INTERVALS = {
 
 
 class ApiError(Exception):
-    """An error answered as `{"error": message}` with a status code."""
+    """An error answered as `{"error": message}` with a status code (and headers)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
-def error_response(status: int, message: str) -> Response:
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """The one shape of every API error."""
     response = jsonify({"error": message})
     response.status_code = status
+    response.headers.update(headers or {})
     return response
 
 
-def fail(status: int, message: str) -> NoReturn:
+def fail(status: int, message: str, headers: dict[str, str] | None = None) -> NoReturn:
     """Abort the request with an API error."""
-    raise ApiError(status, message)
+    raise ApiError(status, message, headers)
+
+
+def retry_after(at: datetime) -> dict[str, str]:
+    """The Retry-After header (RFC 9110 10.2.3: delay in seconds) for a time to retry at."""
+    return {"Retry-After": str(max(1, math.ceil((at - datetime.now(UTC)).total_seconds())))}
 
 
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> Response:
-    return error_response(exc.status, exc.message)
+    return error_response(exc.status, exc.message, exc.headers)
 
 
 @bp.errorhandler(StorageUnavailable)
@@ -173,6 +181,12 @@ def _time_arg(name: str) -> datetime | None:
         return None
     try:
         return parse_time(raw)
+    except OverflowError:  # a valid time whose UTC equivalent is before year 1 or after 9999
+        fail(
+            400,
+            f"{name} must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, "
+            f"got {_shown(raw)}",
+        )
     except ValueError:
         fail(
             400, f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z, got {_shown(raw)}"
@@ -432,7 +446,7 @@ def post_settings(device_id: str) -> tuple[Response, int]:
     try:
         outcome = runtime.downlinks.request(device_id, change, datetime.now(UTC))
     except RateLimited as exc:
-        fail(429, str(exc))
+        fail(429, str(exc), retry_after(exc.retry_at))
     if outcome.downlink is None:
         return jsonify({"status": "unchanged", "settings": settings_to_json(outcome.settings)}), 200
     runtime.after_settings_request()
@@ -459,7 +473,8 @@ def _choice_arg(name: str, allowed: tuple[str, ...]) -> str | None:
     if raw is None:
         return None
     if raw not in allowed:
-        fail(400, f"{name} must be one of {', '.join(allowed)}, got {_shown(raw)}")
+        choices = " or ".join(allowed) if len(allowed) == 2 else "one of " + ", ".join(allowed)
+        fail(400, f"{name} must be {choices}, got {_shown(raw)}")
     return raw
 
 
@@ -561,18 +576,15 @@ def put_alarm_rules(device_id: str) -> Response:
         fail(400, 'the body must be a JSON object of alarm rules, e.g. {"hysteresis_c": 3}')
     device = _device_or_404(device_id)
     update = dict(body)
-    if update.get("device_id", device_id) != device_id:
-        fail(400, f"device_id must be {_shown(device_id)} or absent")
-    update.pop("device_id", None)
-    for key in ("threshold", "overridden"):
+    if "threshold" in update:
+        fail(
+            400,
+            "threshold cannot be set here: it is the node's setting "
+            "(POST /api/devices/<id>/settings)",
+        )
+    for key in ("device_id", "overridden"):
         if key in update:
-            fail(
-                400,
-                f"{key} cannot be set here: the threshold is the node's setting "
-                "(POST /api/devices/<id>/settings)"
-                if key == "threshold"
-                else "overridden is read-only",
-            )
+            fail(400, f"{key} is read-only; send only alarm rules")
     try:
         merged = merge_overrides(_overrides(device), update)
     except AlarmRuleError as exc:
@@ -582,7 +594,7 @@ def put_alarm_rules(device_id: str) -> Response:
 
 
 @bp.post("/request")
-def legacy_request() -> tuple[Response, int]:
+def legacy_request() -> tuple[Response, int] | tuple[Response, int, dict[str, str]]:
     """The original server's route: settings for the configured default node."""
     config = _config()
     if config.api_tokens and not can_write(config, _token()):
@@ -609,7 +621,7 @@ def legacy_request() -> tuple[Response, int]:
     except SettingsError as exc:
         return jsonify({"success": False, "msg": str(exc)}), 400
     except RateLimited as exc:
-        return jsonify({"success": False, "msg": str(exc)}), 429
+        return jsonify({"success": False, "msg": str(exc)}), 429, retry_after(exc.retry_at)
     if outcome.downlink is not None:
         runtime.after_settings_request()
     return jsonify({"success": True}), 200

@@ -24,7 +24,19 @@ def _errors(*codes: int) -> dict[str, Any]:
         429: "too many settings changes for this device today",
         503: "the database is unavailable",
     }
-    return {str(c): _json(_ERROR, text[c]) for c in codes}
+    return {
+        str(c): _retry_after(_json(_ERROR, text[c])) if c == 429 else _json(_ERROR, text[c])
+        for c in codes
+    }
+
+
+def _retry_after(response: dict[str, Any]) -> dict[str, Any]:
+    """A 429 says when to retry: Retry-After, in seconds (RFC 9110 10.2.3)."""
+    header = {
+        "description": "seconds until a request may succeed",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+    return {**response, "headers": {"Retry-After": header}}
 
 
 def _param(name: str, kind: str, where: str = "query", **schema: Any) -> dict[str, Any]:
@@ -64,7 +76,6 @@ def document() -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "device_id": {"type": "string"},
             **{
                 key: {
                     "type": ["integer" if integer else "number", "null"],
@@ -266,7 +277,7 @@ def document() -> dict[str, Any]:
                     "400": _json(obj, '{"success": false, "msg": "..."}'),
                     "401": _json(obj, '{"success": false, "msg": "..."}'),
                     "404": _json(obj, '{"success": false, "msg": "..."}'),
-                    "429": _json(obj, '{"success": false, "msg": "..."}'),
+                    "429": _retry_after(_json(obj, '{"success": false, "msg": "..."}')),
                 },
             }
         },

@@ -11,6 +11,7 @@ from flask_socketio import SocketIO, emit, join_room, leave_room
 from bridge import announcements as ann
 from db.store import StorageUnavailable, Store
 from webapp.auth import is_known
+from webapp.delivery import Delivery
 from webapp.runtime import ROOM_ALL, device_room
 
 log = logging.getLogger(__name__)
@@ -68,23 +69,32 @@ def snapshot(store: Store, device_ids: list[str] | None) -> list[tuple[str, dict
 
 
 def on_subscribe(data: Any = None) -> dict[str, Any]:
-    """Join the rooms of the requested devices and send their snapshot at once."""
+    """Join the rooms of the requested devices and send their snapshot at once, before any
+    live event that could be newer than it (webapp/delivery.py)."""
     devices = _parse_devices(data)
     if devices is None:
         return {"error": 'subscribe takes {"devices": ["node1", ...]} or {"devices": "*"}'}
-    if devices == "*":
-        join_room(ROOM_ALL)
-        wanted: list[str] | None = None
-    else:
-        for device_id in devices:
-            join_room(device_room(device_id))
-        wanted = list(devices)
-    try:
-        events = snapshot(_store(), wanted)
-    except StorageUnavailable:
-        return {"subscribed": devices, "error": "database unavailable: no snapshot"}
-    for event, payload in events:
-        emit(event, payload)
+    delivery: Delivery = current_app.extensions["delivery"]
+    with delivery.snapshot_first(request.sid, request.namespace) as send_snapshot:  # type: ignore[attr-defined]
+        if devices == "*":
+            join_room(ROOM_ALL)
+            wanted: list[str] | None = None
+        else:
+            for device_id in devices:
+                join_room(device_room(device_id))
+            wanted = list(devices)
+        try:
+            events = snapshot(_store(), wanted)
+        except StorageUnavailable:
+            return {"subscribed": devices, "error": "database unavailable: no snapshot"}
+
+        def emit_snapshot() -> None:
+            for event, payload in events:
+                # Straight to this connection, not through the message queue: its place in the
+                # order is here.
+                emit(event, payload, ignore_queue=True)
+
+        send_snapshot(emit_snapshot)
     return {"subscribed": devices}
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from bridge.downlinks import RateLimited
+from bridge.ttn import format_time
 from node_firmware.protocol import (
     Mode,
     NodeStatus,
@@ -170,3 +172,75 @@ def test_fan_request_keeps_the_mode_the_node_sends_in_when_its_status_was_lost(
     item = json.loads(publisher.wait_received(1)[0][1])["downlinks"][0]
     sent = decode_settings(base64.b64decode(item["frm_payload"]))
     assert sent == Settings(True, Mode.FAST, 50), "the fan changes, the mode stays fast"
+
+
+def test_superseded_requests_never_sent_do_not_count_against_the_daily_limit(
+    harness: BridgeHarness, publisher: Publisher
+) -> None:
+    # A user trying thresholds: each request replaces the last before TTN sent it.
+    limit = harness.bridge.config.settings_per_day
+    outcomes = [request(harness, threshold=60 + i) for i in range(limit + 3)]
+    assert [o.status for o in outcomes] == ["queued"] * (limit + 3)
+    first = outcomes[0].downlink
+    assert first is not None and statuses(harness, first.downlink_id) == ["queued", "superseded"]
+
+
+def test_transmitted_downlinks_count_against_the_daily_limit_until_a_slot_frees(
+    harness: BridgeHarness, publisher: Publisher
+) -> None:
+    limit = harness.bridge.config.settings_per_day
+    start = datetime.now(UTC)
+    for i in range(limit):
+        downlink = request(harness, threshold=60 + i).downlink
+        publisher.publish(
+            topic("node1", "down/sent"),
+            downlink_event("node1", "sent", [downlink.correlation_id], at_seconds(i)),
+        )
+        harness.wait_handled(2 + i)
+    # Sent, then superseded by the next request: each of them was transmitted and counts.
+    with pytest.raises(RateLimited) as refused:
+        request(harness, threshold=40)
+    # A slot frees 24 h after the oldest of them was requested.
+    assert start + timedelta(days=1) <= refused.value.retry_at
+    assert refused.value.retry_at <= datetime.now(UTC) + timedelta(days=1)
+    assert format_time(refused.value.retry_at) in str(refused.value)
+
+
+def history(h: BridgeHarness, downlink_id: int) -> list[str]:
+    record = next(d for d in h.store.downlinks("node1") if d.downlink_id == downlink_id)
+    return [step.status for step in record.history]
+
+
+def test_a_redelivered_downlink_event_is_recorded_and_pushed_once(
+    harness: BridgeHarness, publisher: Publisher
+) -> None:
+    downlink = request(harness, fan=True).downlink
+    sent = downlink_event("node1", "sent", [downlink.correlation_id], at_seconds(5))
+    publisher.publish(topic("node1", "down/sent"), sent)
+    publisher.publish(topic("node1", "down/sent"), sent)  # the broker delivers it again
+    harness.wait_handled(3)
+    assert statuses(harness, downlink.downlink_id) == ["queued", "sent"]
+    assert history(harness, downlink.downlink_id) == ["queued", "sent"]
+    # A late duplicate of an event a final status already outran is kept once too.
+    status = encode_status(NodeStatus(1, True, True, Mode.SLOW, 50, 21))
+    publisher.publish(topic("node1"), uplink("node1", 1, status, at_seconds(6), f_port=2))
+    ack = downlink_event("node1", "ack", [downlink.correlation_id], at_seconds(7))
+    for _ in range(2):
+        publisher.publish(topic("node1", "down/ack"), ack)
+    harness.wait_handled(6)
+    assert history(harness, downlink.downlink_id) == ["queued", "sent", "applied", "acked"]
+
+
+def test_a_correlation_id_matches_only_a_downlink_of_the_event_s_device(
+    harness: BridgeHarness, publisher: Publisher
+) -> None:
+    downlink = request(harness, fan=True).downlink
+    publisher.publish(
+        topic("node2", "down/sent"),
+        downlink_event("node2", "sent", [downlink.correlation_id], at_seconds(5)),
+    )
+    harness.wait_handled(2)
+    assert statuses(harness, downlink.downlink_id) == ["queued"]
+    assert history(harness, downlink.downlink_id) == ["queued"]
+    record = harness.store.downlink(downlink.downlink_id)
+    assert record is not None and record.status == "queued"

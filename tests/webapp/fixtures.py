@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+import requests
 from flask import Flask
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from bridge.config import Config, MqttConfig, Secret
 from bridge.service import Bridge
@@ -76,3 +79,26 @@ class Feeder:
         self, device_id: str, fan: bool = False, mode: Mode = Mode.SLOW, threshold: int = 50
     ) -> None:
         self.send(device_id, encode_status(NodeStatus(1, fan, fan, mode, threshold, 22)), 2)
+
+
+class LiveServer:
+    """The app on a free loopback port, served by werkzeug's threaded server (Socket.IO in
+    threading mode, websocket through simple-websocket)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def get(self, path: str, token: str | None = None) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = requests.get(self.url + path, headers=headers, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)

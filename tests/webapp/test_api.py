@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from bridge.ttn import parse_time
+from tests.ttn_messages import at_seconds, downlink_event
 from tests.webapp.fixtures import Feeder, make_app, make_config
 
 
@@ -152,12 +156,30 @@ def test_settings_are_validated_merged_and_queued(client: FlaskClient, feeder: F
 
 def test_settings_rate_limit_is_a_clear_429(client: FlaskClient, feeder: Feeder) -> None:
     for threshold in (51, 52, 53):
-        assert (
-            client.post("/api/devices/node1/settings", json={"threshold": threshold}).status_code
-            == 202
-        )
+        response = client.post("/api/devices/node1/settings", json={"threshold": threshold})
+        assert response.status_code == 202
+        cid = client.get("/api/devices/node1/downlinks").json["downlinks"][0]["correlation_id"]
+        feeder.bridge.handle_message(downlink_event("node1", "sent", [cid], at_seconds(100)))
     response = client.post("/api/devices/node1/settings", json={"threshold": 54})
     assert response.status_code == 429 and "fair-use" in response.json["error"]
+    # When to retry: 24 h after the oldest of the three was requested (RFC 9110 10.2.3).
+    retry_after = int(response.headers["Retry-After"])
+    assert 86_400 - 60 < retry_after <= 86_400
+    said = re.search(r"try again after (\S+Z)", response.json["error"])
+    assert said is not None, response.json
+    until = (parse_time(said.group(1)) - datetime.now(UTC)).total_seconds()
+    assert abs(until - retry_after) < 60
+    legacy = client.post("/request", json={"threshold": 54})
+    assert legacy.status_code == 429 and legacy.json["success"] is False
+    assert 86_400 - 60 < int(legacy.headers["Retry-After"]) <= 86_400
+
+
+def test_requests_replaced_before_they_were_sent_are_not_rate_limited(
+    client: FlaskClient, feeder: Feeder
+) -> None:
+    for threshold in range(51, 61):  # ten quick edits, each replacing the last one unsent
+        response = client.post("/api/devices/node1/settings", json={"threshold": threshold})
+        assert response.status_code == 202, response.json
 
 
 def test_oversized_body_is_413(client: FlaskClient, feeder: Feeder) -> None:
@@ -226,3 +248,30 @@ def test_writes_need_a_token_when_configured(token_app: Flask) -> None:
     assert client.get("/api/devices").status_code == 200  # reads stay open by default
     legacy = client.post("/request", json={"fan": "off"})
     assert legacy.status_code == 401 and legacy.json["success"] is False
+
+
+@pytest.mark.parametrize("route", ["frames", "ambient", "frames.csv"])
+@pytest.mark.parametrize("name", ["since", "until"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0001-01-01T00:00:00+01:00",  # in UTC that is year 0: converting it overflows
+        "9999-12-31T23:59:59-01:00",  # in UTC, year 10000
+    ],
+)
+def test_out_of_range_times_are_a_400_naming_the_parameter(
+    client: FlaskClient, feeder: Feeder, route: str, name: str, value: str
+) -> None:
+    response = client.get(f"/api/devices/node1/{route}", query_string={name: value})
+    assert response.status_code == 400, response.text
+    assert response.json["error"].startswith(f"{name} must be"), response.json
+
+
+@pytest.mark.parametrize("route", ["frames", "ambient", "frames.csv"])
+def test_the_extreme_times_in_range_are_accepted(
+    client: FlaskClient, feeder: Feeder, route: str
+) -> None:
+    url = f"/api/devices/node1/{route}"
+    extremes = {"since": "0001-01-01T00:00:00Z", "until": "9999-12-31T23:59:59.999999Z"}
+    response = client.get(url, query_string=extremes)
+    assert response.status_code == 200 and "23.0" in response.text  # the ambient reading

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from tests.ttn_messages import at_seconds, downlink_event
-from tests.webapp.fixtures import Feeder, make_config
+from tests.webapp.fixtures import Feeder, LiveServer, make_config
 from webapp import create_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -64,28 +60,6 @@ def browser() -> Iterator[Any]:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
-
-
-class LiveServer:
-    """The app on a free loopback port, served by werkzeug's threaded server."""
-
-    def __init__(self, app: Flask) -> None:
-        self.app = app
-        self.server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def get(self, path: str, token: str | None = None) -> Any:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        response = requests.get(self.url + path, headers=headers, timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
 
 
 def serve(tmp_path: Path, **config: Any) -> Iterator[tuple[LiveServer, Feeder]]:
