@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict --follow-imports=silent node_firmware/protocol.py bridge/reassembly.py bridge/ttn.py \
-		imaging/heatmap.py webapp/settings.py bridge/config.py
+		imaging/heatmap.py webapp/settings.py bridge/config.py bridge/alarms.py
 
 test: $(STAMP)
 	scripts/ensure-services.sh

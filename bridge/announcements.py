@@ -146,16 +146,24 @@ def downlink_view(record: DownlinkRecord) -> dict[str, Any]:
     return view
 
 
-def alarm(record: AlarmRecord) -> dict[str, Any]:
-    """The `alarm` event."""
-    return {
+def alarm(record: AlarmRecord, transition: str | None = None) -> dict[str, Any]:
+    """The `alarm` event (and an alarm in REST); `transition` names the change announced."""
+    payload = {
         "device_id": record.device_id,
         "alarm_id": record.alarm_id,
         "kind": record.kind,
+        "severity": record.severity,
         "value": one_decimal(record.value),
         "limit": one_decimal(record.limit_value),
-        "at": format_time(record.closed_at or record.opened_at),
+        "at": format_time(record.closed_at or record.updated_at or record.opened_at),
         "opened_at": format_time(record.opened_at),
+        "cleared_at": format_time(record.closed_at) if record.closed_at else None,
         "closed_at": format_time(record.closed_at) if record.closed_at else None,
+        "acked_at": format_time(record.acked_at) if record.acked_at else None,
+        "acked_by": record.acked_by,
+        "note": record.note,
         "active": record.active,
     }
+    if transition is not None:
+        payload["transition"] = transition
+    return payload

@@ -6,6 +6,7 @@ password / TTN API key, the MySQL password, API tokens) are masked in `repr` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -14,10 +15,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
+from bridge.alarms import AlarmRuleError, AlarmRules, rules_with
+
 DEFAULT_WEB_PORT = 3002
 FRAME_TIMEOUT_S = 1800.0
 OFFLINE_AFTER_S = 300.0
-NON_UNIFORM_SPREAD_C = 10.0
 SETTINGS_PER_DAY = 10  # TTN fair-use policy: about 10 downlinks per node per day
 FRAMES_RETENTION_DAYS = 90
 UPLINKS_RETENTION_DAYS = 30
@@ -120,7 +122,7 @@ class Config:
     default_device: str | None = None
     frame_timeout_s: float = FRAME_TIMEOUT_S
     offline_after_s: float = OFFLINE_AFTER_S
-    non_uniform_spread_c: float = NON_UNIFORM_SPREAD_C
+    alarm_rules: AlarmRules = field(default_factory=AlarmRules)  # DESIGN.md "Alarm rules"
     settings_per_day: int = SETTINGS_PER_DAY
     message_queue: str | None = None
     storage_integration_url: str | None = None
@@ -327,9 +329,7 @@ def from_mapping(data: Mapping[str, Any]) -> Config:
         default_device=data.get("default_device"),
         frame_timeout_s=_as_float("frame_timeout_s", data.get("frame_timeout_s", FRAME_TIMEOUT_S)),
         offline_after_s=_as_float("offline_after_s", data.get("offline_after_s", OFFLINE_AFTER_S)),
-        non_uniform_spread_c=_as_float(
-            "alarms.non_uniform_spread_c", alarms.get("non_uniform_spread_c", NON_UNIFORM_SPREAD_C)
-        ),
+        alarm_rules=_alarm_rules(alarms),
         settings_per_day=_as_int(
             "settings_per_day", data.get("settings_per_day", SETTINGS_PER_DAY)
         ),
@@ -378,6 +378,20 @@ def from_mapping(data: Mapping[str, Any]) -> Config:
     if not 0 <= config.metrics_port < 65536:
         raise ConfigError(f"metrics.port must be 0..65535, got {config.metrics_port}")
     return config
+
+
+def _alarm_rules(section: Mapping[str, Any]) -> AlarmRules:
+    """The `alarms` section as rules; environment values arrive as strings."""
+    values: dict[str, object] = {}
+    for key, value in section.items():
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        values[key] = value
+    try:
+        return rules_with(AlarmRules(), values)
+    except AlarmRuleError as exc:
+        raise ConfigError(f"alarms: {exc}") from None
 
 
 def load(

@@ -226,6 +226,10 @@ class Reassembler:
         """Snapshots of every open frame, per device in opening order."""
         return [a.snapshot() for frames in self._open.values() for a in frames]
 
+    def open_frames_of(self, device_id: str) -> list[Frame]:
+        """Snapshots of one device's open frames (what the alarm engine sees still arriving)."""
+        return [a.snapshot() for a in self._open.get(device_id, ())]
+
     def is_open(self, device_id: str, mode: Mode, frame_number: int) -> bool:
         """True while a frame of that identity is open."""
         return any(

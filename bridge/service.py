@@ -8,19 +8,34 @@ logged once and skipped: it never raises.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
 from bridge import announcements as ann
 from bridge import renderings
+from bridge.alarms import (
+    AlarmRuleError,
+    AlarmRules,
+    AlarmState,
+    FrameSummary,
+    Transition,
+    evaluate_frames,
+    evaluate_silence,
+    evaluate_uplink,
+    rules_with,
+    state_from_json,
+    state_to_json,
+)
 from bridge.backfill import Backfiller
 from bridge.config import Config
 from bridge.downlinks import Downlinks, Publish
@@ -48,7 +63,6 @@ from db.gridpack import pack_grid
 from db.retention import RetentionPolicy, RetentionSchedule
 from db.store import (
     UPLINK_KEY_CHARS,
-    AlarmRecord,
     DeviceRecord,
     StorageUnavailable,
     Store,
@@ -296,15 +310,8 @@ class Bridge:
                 elif isinstance(decoded, NodeStatus) and not duplicate:
                     out += self._apply_status(tx, up, decoded, changes)
                 if changes.get("online"):
-                    out += self._set_alarm(
-                        tx,
-                        up.device_id,
-                        "offline",
-                        False,
-                        None,
-                        self.config.offline_after_s,
-                        up.received_at,
-                    )
+                    back = tx.device_for_update(up.device_id, up.received_at)
+                    out += self._run_alarm_engine(tx, back, partial(_heard, at=up.received_at))
                 if changes:
                     tx.update_device(up.device_id, **changes)
                     if _state_changed(changes):
@@ -399,6 +406,7 @@ class Bridge:
             return out
         events = self.reassembler.receive(up.device_id, fragment, up.received_at)
         out += self._store_events(tx, device, events)
+        out += self._evaluate_frame_alarms(tx, device, events)
         if not duplicate:
             if device.fan_running != fragment.fan and (
                 device.last_seen is None or up.received_at >= device.last_seen
@@ -487,60 +495,114 @@ class Bridge:
                 frame.device_id, frame.first_received_at, frame.complete, frame.coverage
             ),
         )
-        out: list[Announcement] = [("frame", ann.frame_event(record, png), frame.device_id)]
-        out += self._evaluate_frame_alarms(tx, device, temp_min, temp_max, frame.last_received_at)
-        return out
+        return [("frame", ann.frame_event(record, png), frame.device_id)]
 
     def _evaluate_frame_alarms(
-        self,
-        tx: Tx,
-        device: DeviceRecord,
-        temp_min: float | None,
-        temp_max: float | None,
-        at: datetime,
+        self, tx: Tx, device: DeviceRecord | None, events: list[Event]
     ) -> list[Announcement]:
-        if temp_max is None or temp_min is None:
-            return []
-        threshold = float(ann.effective_threshold(device))
-        spread = round(temp_max - temp_min, 1)
+        """Give the alarm engine, per device, the frames these events settled and the frames
+        still arriving (their pixels so far); apply what it decides."""
+        settled: dict[str, list[FrameSummary]] = {}
+        for event in events:
+            if isinstance(event, FrameCompleted | FramePartial | FrameUpdated):
+                settled.setdefault(event.frame.device_id, []).append(
+                    _frame_summary(event.frame, settled=True)
+                )
+            elif isinstance(event, FragmentAccepted):
+                settled.setdefault(event.device_id, [])
         out: list[Announcement] = []
-        conditions = (
-            ("over_threshold", temp_max > threshold, temp_max, threshold),
-            (
-                "non_uniform",
-                spread > self.config.non_uniform_spread_c,
-                spread,
-                self.config.non_uniform_spread_c,
-            ),
-        )
-        known = tx.active_alarms(device.device_id)  # one query for both kinds
-        for kind, active, value, limit in conditions:
-            out += self._set_alarm(
-                tx, device.device_id, kind, active, value, limit, at, known=known
+        for device_id, frames in settled.items():
+            arriving = self.reassembler.open_frames_of(device_id)
+            frames += [_frame_summary(f, settled=False) for f in arriving]
+            if not frames:
+                continue
+            if device is None or device.device_id != device_id:
+                device = tx.device_for_update(device_id, frames[0].at)
+            threshold = float(ann.effective_threshold(device))
+            out += self._run_alarm_engine(
+                tx,
+                device,
+                partial(evaluate_frames, threshold=threshold, frames=frames),
             )
         return out
 
-    def _set_alarm(
+    def _run_alarm_engine(
         self,
         tx: Tx,
-        device_id: str,
-        kind: str,
-        active: bool,
-        value: float | None,
-        limit: float | None,
-        at: datetime,
-        known: dict[str, AlarmRecord] | None = None,
+        device: DeviceRecord,
+        step: Callable[[AlarmState, AlarmRules], tuple[AlarmState, list[Transition]]],
     ) -> list[Announcement]:
-        current = known.get(kind) if known is not None else tx.active_alarm(device_id, kind)
-        if active and current is None:
-            record = tx.open_alarm(device_id, kind, value, limit, at)
-            log.warning("alarm %s opened for %s: %s (limit %s)", kind, device_id, value, limit)
-            return [("alarm", ann.alarm(record), device_id)]
-        if not active and current is not None:
-            record = tx.close_alarm(current, value, at)
-            log.info("alarm %s cleared for %s", kind, device_id)
-            return [("alarm", ann.alarm(record), device_id)]
-        return []
+        """One step of the engine on a device's state (kept in its row, read under its lock):
+        the state is written back and each transition applied, in this transaction."""
+        state = self._alarm_state(tx, device)
+        new, transitions = step(state, self._alarm_rules(device))
+        if new != state or device.alarm_state is None:
+            tx.update_device(device.device_id, alarm_state=state_to_json(new))
+        out: list[Announcement] = []
+        for transition in transitions:
+            out += self._apply_alarm_transition(tx, device.device_id, transition)
+        return out
+
+    def _alarm_state(self, tx: Tx, device: DeviceRecord) -> AlarmState:
+        """The engine's state of a device; rebuilt from its active alarms when it has none (a
+        database from before the engine) or it cannot be read."""
+        if device.alarm_state:
+            try:
+                return state_from_json(device.alarm_state)
+            except (ValueError, KeyError, TypeError, IndexError):
+                log.exception("unreadable alarm state of %s; rebuilt", device.device_id)
+        active = tx.active_alarms(device.device_id)
+        return state_from_json(None, {k: a.severity for k, a in active.items()})  # type: ignore[misc]
+
+    def _alarm_rules(self, device: DeviceRecord) -> AlarmRules:
+        """The configured rules with the device's overrides (PUT /api/devices/<id>/alarm-rules)."""
+        if not device.alarm_rules:
+            return self.config.alarm_rules
+        try:
+            overrides = json.loads(device.alarm_rules)
+            if isinstance(overrides, dict):
+                return rules_with(self.config.alarm_rules, overrides)
+        except (ValueError, AlarmRuleError):
+            pass
+        log.warning("ignoring unusable alarm rules of %s", device.device_id)
+        return self.config.alarm_rules
+
+    def _apply_alarm_transition(
+        self, tx: Tx, device_id: str, transition: Transition
+    ) -> list[Announcement]:
+        """Write one alarm transition in the message's transaction; its announcement.
+
+        The one place an alarm changes: a notification outbox (issue 14) is written here too,
+        in the same transaction, so a transition and its notifications commit together.
+        """
+        t = transition
+        current = tx.active_alarms(device_id).get(t.kind)
+        if current is not None and t.change == "opened":
+            # The database has it active already (a state rebuilt, another writer): the same
+            # alarm, at most a new severity.
+            if current.severity == t.severity:
+                return []
+            t = replace(t, change="escalated" if t.severity == "critical" else "deescalated")
+        if t.change == "opened":
+            record = tx.open_alarm(device_id, t.kind, t.severity, t.value, t.limit, t.at)
+        elif current is None:
+            log.info("no active %s alarm of %s to mark %s", t.kind, device_id, t.change)
+            return []
+        elif t.change == "cleared":
+            record = tx.close_alarm(current, t.value, t.at)
+        else:
+            record = tx.change_alarm_severity(current, t.severity, t.value, t.at)
+        log.log(
+            logging.INFO if t.change == "cleared" else logging.WARNING,
+            "alarm %s of %s %s (%s): %s (limit %s)",
+            t.kind,
+            device_id,
+            t.change,
+            t.severity,
+            t.value,
+            t.limit,
+        )
+        return [("alarm", ann.alarm(record, t.change), device_id)]
 
     def _store_ambient(
         self, tx: Tx, device_id: str, temperature: int, at: datetime
@@ -602,6 +664,7 @@ class Bridge:
                 try:
                     with self.store.transaction() as tx:
                         out += self._store_events(tx, None, events)
+                        out += self._evaluate_frame_alarms(tx, None, events)
                 except BaseException:
                     self._reassembler = None
                     raise
@@ -632,15 +695,12 @@ class Bridge:
                         device.device_id,
                     )
                 )
-                silent_s = (now - stale.last_seen).total_seconds() if stale.last_seen else None
-                out += self._set_alarm(
+                silent_s = (now - stale.last_seen).total_seconds() if stale.last_seen else 0.0
+                limit_s = self.config.offline_after_s
+                out += self._run_alarm_engine(
                     tx,
-                    device.device_id,
-                    "offline",
-                    True,
-                    silent_s,
-                    self.config.offline_after_s,
-                    now,
+                    device,
+                    partial(_silence, at=now, silent_s=silent_s, offline_after_s=limit_s),
                 )
                 log.warning("%s went offline (silent for %.0f s)", device.device_id, silent_s or 0)
         return out
@@ -665,6 +725,32 @@ def _restore_entries(stored: list[StoredFragment]) -> list[RestoreEntry]:
             continue
         entries.append((item.device_id, fragment, item.received_at, item.opened_at))
     return entries
+
+
+def _silence(
+    state: AlarmState, _rules: AlarmRules, at: datetime, silent_s: float, offline_after_s: float
+) -> tuple[AlarmState, list[Transition]]:
+    return evaluate_silence(state, at, silent_s, offline_after_s)
+
+
+def _heard(
+    state: AlarmState, _rules: AlarmRules, at: datetime
+) -> tuple[AlarmState, list[Transition]]:
+    return evaluate_uplink(state, at)
+
+
+def _frame_summary(frame: Frame, settled: bool) -> FrameSummary:
+    """What the alarm engine needs of a frame (its pixels so far, when still arriving)."""
+    stats = grid_stats(frame.grid)
+    return FrameSummary(
+        key=f"{Mode(frame.mode).label}/{frame.frame_number}/{frame.opened_at.isoformat()}",
+        started_at=frame.first_received_at,
+        at=frame.last_received_at,
+        settled=settled,
+        complete=frame.complete,
+        temp_max=stats[1] if stats else None,
+        temp_min=stats[0] if stats else None,
+    )
 
 
 def _state_changed(changes: dict[str, Any]) -> bool:

@@ -51,6 +51,62 @@ def _v3_frame_step(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE frames ADD COLUMN step SMALLINT NULL"))
 
 
+def _v5_alarms(conn: Connection) -> None:
+    """Version 5: alarm severity, acknowledgement and the one-active-per-kind key; devices'
+    alarm rule overrides and engine state."""
+    mysql = conn.dialect.name in ("mysql", "mariadb")
+    datetime_type = "DATETIME(6)" if mysql else "DATETIME"
+    _add_columns(conn, "devices", {"alarm_rules": "TEXT NULL", "alarm_state": "TEXT NULL"})
+    _add_columns(
+        conn,
+        "alarms",
+        {
+            "severity": "VARCHAR(16) NULL",
+            "active_kind": "VARCHAR(32) NULL",
+            "acked_at": f"{datetime_type} NULL",
+            "acked_by": "VARCHAR(64) NULL",
+            "note": "VARCHAR(500) NULL",
+        },
+    )
+    conn.execute(text("UPDATE alarms SET severity = 'warning' WHERE severity IS NULL"))
+    # Before the key: an older release could leave two active alarms of a kind; keep the newest.
+    rows = conn.execute(
+        text(
+            "SELECT alarm_id, device_id, kind FROM alarms WHERE active = :t "
+            "ORDER BY opened_at DESC, alarm_id DESC"
+        ),
+        {"t": True},
+    ).all()
+    seen: set[tuple[str, str]] = set()
+    for row in rows:
+        key = (row.device_id, row.kind)
+        if key in seen:
+            conn.execute(
+                text("UPDATE alarms SET active = :f, closed_at = opened_at WHERE alarm_id = :i"),
+                {"f": False, "i": row.alarm_id},
+            )
+        else:
+            seen.add(key)
+            conn.execute(
+                text("UPDATE alarms SET active_kind = kind WHERE alarm_id = :i"),
+                {"i": row.alarm_id},
+            )
+    names = {u["name"] for u in inspect(conn).get_unique_constraints("alarms")}
+    names |= {i["name"] for i in inspect(conn).get_indexes("alarms")}
+    if "uq_alarms_active" not in names:
+        conn.execute(
+            text("CREATE UNIQUE INDEX uq_alarms_active ON alarms (device_id, active_kind)")
+        )
+
+
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    """ALTER TABLE ... ADD COLUMN for each column the table does not have yet."""
+    existing = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, definition in columns.items():
+        if name not in existing:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {definition}"))
+
+
 def _v10_frame_summaries(conn: Connection) -> None:
     """Version 10: frame_summaries, the hourly summaries kept after frames are pruned."""
     schema.frame_summaries.create(conn, checkfirst=True)
@@ -60,6 +116,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _v1_initial),
     (2, "compressed mode: wider mode columns, step columns", _v2_compressed_mode),
     (3, "frame step", _v3_frame_step),
+    (5, "alarms: severity, acknowledgement, one active per kind; rules and state", _v5_alarms),
     (10, "hourly frame summaries (retention)", _v10_frame_summaries),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]

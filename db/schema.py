@@ -87,6 +87,10 @@ devices = Table(
     Column("uplinks", BigInteger, nullable=False, default=0),
     Column("lost_uplinks", BigInteger, nullable=False, default=0),
     Column("invalid_uplinks", BigInteger, nullable=False, default=0),
+    # Alarms (version 5): per-device rule overrides (JSON object, null = the configured rules)
+    # and the alarm engine's state (bridge/alarms.py, JSON), both read under the row's lock.
+    Column("alarm_rules", Text),
+    Column("alarm_state", Text),
 )
 
 uplinks = Table(
@@ -213,8 +217,17 @@ alarms = Table(
     Column("value", Float),
     Column("limit_value", Float),
     Column("opened_at", UTCDateTime, nullable=False),
-    Column("closed_at", UTCDateTime),
+    Column("closed_at", UTCDateTime),  # "cleared_at" in REST and events
     Column("detail", Text),
+    # Version 5: severity, acknowledgement, and `active_kind`: the kind while the alarm is
+    # active, NULL once cleared. Its unique key with device_id lets the database itself refuse
+    # a second active alarm of a kind for a device (NULLs never collide).
+    Column("severity", String(16)),
+    Column("active_kind", String(32)),
+    Column("acked_at", UTCDateTime),
+    Column("acked_by", String(64)),
+    Column("note", String(500)),
+    UniqueConstraint("device_id", "active_kind", name="uq_alarms_active"),
     Index("ix_alarms_device_kind_active", "device_id", "kind", "active"),
     Index("ix_alarms_active", "active"),
 )

@@ -36,7 +36,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
+from db import alarms as alarm_rows
 from db import schema as t
+from db.alarms import AlarmFilter, AlarmRecord
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,8 @@ class DeviceRecord:
     desired_step: int | None = None  # compressed mode's step in °C/10
     reported_step: int | None = None
     protocol_version: int | None = None
+    alarm_rules: str | None = None  # JSON object of rule overrides (bridge/alarms.py)
+    alarm_state: str | None = None  # the alarm engine's state, JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,20 +204,6 @@ class DownlinkRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class AlarmRecord:
-    """An alarm: opened once, closed when its condition clears."""
-
-    alarm_id: int
-    device_id: str
-    kind: str
-    active: bool
-    value: float | None
-    limit_value: float | None
-    opened_at: datetime
-    closed_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
 class StoredFragment:
     """A persisted fragment of a frame still open (replayed at start-up)."""
 
@@ -243,6 +233,8 @@ def _device(row: Any) -> DeviceRecord:
         desired_step=row.desired_step,
         reported_step=row.reported_step,
         protocol_version=row.protocol_version,
+        alarm_rules=getattr(row, "alarm_rules", None),
+        alarm_state=getattr(row, "alarm_state", None),
     )
 
 
@@ -319,19 +311,6 @@ def _downlink(row: Any, history: Sequence[DownlinkStep] = ()) -> DownlinkRecord:
         updated_at=row.updated_at,
         published_at=row.published_at,
         history=tuple(history),
-    )
-
-
-def _alarm(row: Any) -> AlarmRecord:
-    return AlarmRecord(
-        alarm_id=row.alarm_id,
-        device_id=row.device_id,
-        kind=row.kind,
-        active=bool(row.active),
-        value=row.value,
-        limit_value=row.limit_value,
-        opened_at=row.opened_at,
-        closed_at=row.closed_at,
     )
 
 
@@ -619,67 +598,40 @@ class Tx:
         ).all()
         return [r.requested_at for r in rows]
 
-    # alarms
-
-    def active_alarm(self, device_id: str, kind: str) -> AlarmRecord | None:
-        """The open alarm of this kind for a device, if any."""
-        c = t.alarms.c
-        row = self.conn.execute(
-            select(t.alarms).where(c.device_id == device_id, c.kind == kind, c.active.is_(True))
-        ).first()
-        return None if row is None else _alarm(row)
+    # alarms (records and queries in db/alarms.py)
 
     def active_alarms(self, device_id: str) -> dict[str, AlarmRecord]:
-        """The open alarms of a device by kind (one query for every kind)."""
-        c = t.alarms.c
-        rows = self.conn.execute(
-            select(t.alarms).where(c.device_id == device_id, c.active.is_(True))
-        ).all()
-        return {row.kind: _alarm(row) for row in rows}
+        """The active alarms of a device by kind."""
+        return alarm_rows.active_alarms(self.conn, device_id)
 
     def open_alarm(
-        self, device_id: str, kind: str, value: float | None, limit: float | None, at: datetime
+        self,
+        device_id: str,
+        kind: str,
+        severity: str,
+        value: float | None,
+        limit: float | None,
+        at: datetime,
     ) -> AlarmRecord:
-        """Open an alarm."""
-        result = self.conn.execute(
-            insert(t.alarms).values(
-                device_id=device_id,
-                kind=kind,
-                active=True,
-                value=value,
-                limit_value=limit,
-                opened_at=at,
-            )
-        )
-        return AlarmRecord(
-            int(result.inserted_primary_key[0]), device_id, kind, True, value, limit, at, None
-        )
+        """Open an alarm (the database refuses a second active one of a kind)."""
+        return alarm_rows.open_alarm(self.conn, device_id, kind, severity, value, limit, at)
+
+    def change_alarm_severity(
+        self, alarm: AlarmRecord, severity: str, value: float | None, at: datetime
+    ) -> AlarmRecord:
+        """Escalate or de-escalate an active alarm."""
+        return alarm_rows.change_severity(self.conn, alarm, severity, value, at)
 
     def close_alarm(self, alarm: AlarmRecord, value: float | None, at: datetime) -> AlarmRecord:
-        """Close an alarm whose condition cleared."""
-        self.conn.execute(
-            update(t.alarms)
-            .where(t.alarms.c.alarm_id == alarm.alarm_id)
-            .values(active=False, closed_at=at)
-        )
-        return AlarmRecord(
-            alarm.alarm_id,
-            alarm.device_id,
-            alarm.kind,
-            False,
-            value,
-            alarm.limit_value,
-            alarm.opened_at,
-            at,
-        )
+        """Clear an alarm whose condition cleared."""
+        return alarm_rows.clear_alarm(self.conn, alarm, value, at)
 
 
 class BatchTx(Tx):
     """The transaction of a batch of uplinks: fewer round trips for the same writes.
 
     `prefetch` reads the batch's devices (locked, in key order) and which of its uplinks are
-    already logged, one query each; the devices' active alarms are read together when first
-    asked for. The writes nothing in the batch reads back (the uplink log, open fragments,
+    already logged, one query each. The writes nothing in the batch reads back (the uplink log, open fragments,
     ambient readings, device columns, the removal of a stored frame's fragments) wait in memory
     and go out as one multi-row statement each in `flush`, just before the commit. Frames,
     alarms and downlinks are written at once.
@@ -691,8 +643,6 @@ class BatchTx(Tx):
         self._seen: set[str] = set()  # ... of them, those logged, and those logged since
         self._devices: dict[str, DeviceRecord] = {}
         self._dirty: dict[str, dict[str, Any]] = {}
-        self._alarms: dict[str, dict[str, AlarmRecord]] = {}
-        self._alarms_unread: set[str] = set()  # devices whose active alarms are read on need
         self._uplinks: list[dict[str, Any]] = []
         self._fragments: list[dict[str, Any]] = []
         self._closed: list[tuple[str, str, int, datetime]] = []
@@ -719,7 +669,6 @@ class BatchTx(Tx):
         if new:
             self.conn.execute(insert(t.devices), new)
             self._devices.update((row["device_id"], _device(SimpleNamespace(**row))) for row in new)
-        self._alarms_unread.update(ids)
 
     def uplink_seen(self, uplink_key: str) -> bool:
         """True when this uplink is logged, or was earlier in the batch."""
@@ -774,37 +723,6 @@ class BatchTx(Tx):
             "temperature": temperature,
         }
         return True
-
-    def active_alarm(self, device_id: str, kind: str) -> AlarmRecord | None:
-        return self.active_alarms(device_id).get(kind)
-
-    def active_alarms(self, device_id: str) -> dict[str, AlarmRecord]:
-        """A device's active alarms; the first asked reads those of every device of the batch
-        (most uplinks need none: only completed frames and returning nodes look)."""
-        if device_id not in self._alarms:
-            ids = sorted((self._alarms_unread | {device_id}) - self._alarms.keys())
-            self._alarms_unread.clear()
-            for unread in ids:
-                self._alarms[unread] = {}
-            a = t.alarms.c
-            for row in self.conn.execute(
-                select(t.alarms).where(a.device_id.in_(ids), a.active.is_(True))
-            ):
-                self._alarms[row.device_id][row.kind] = _alarm(row)
-        return dict(self._alarms[device_id])
-
-    def open_alarm(
-        self, device_id: str, kind: str, value: float | None, limit: float | None, at: datetime
-    ) -> AlarmRecord:
-        self.active_alarms(device_id)
-        record = super().open_alarm(device_id, kind, value, limit, at)
-        self._alarms[device_id][kind] = record
-        return record
-
-    def close_alarm(self, alarm: AlarmRecord, value: float | None, at: datetime) -> AlarmRecord:
-        self.active_alarms(alarm.device_id)
-        self._alarms[alarm.device_id].pop(alarm.kind, None)
-        return super().close_alarm(alarm, value, at)
 
     def flush(self) -> None:
         """Write what waits in memory: one statement per table, in an order that keeps the
@@ -1114,18 +1032,37 @@ class Store:
     # alarms
 
     def alarms(
-        self, active: bool | None = None, device_id: str | None = None, limit: int = 200
+        self,
+        active: bool | None = None,
+        device_id: str | None = None,
+        limit: int = 200,
+        filter: AlarmFilter | None = None,
     ) -> list[AlarmRecord]:
-        """Alarms, newest first."""
-        c = t.alarms.c
-        query = select(t.alarms)
-        if active is not None:
-            query = query.where(c.active.is_(active))
-        if device_id is not None:
-            query = query.where(c.device_id == device_id)
-        query = query.order_by(c.opened_at.desc(), c.alarm_id.desc()).limit(limit)
+        """Alarms, newest first (the filter's, or active / device / limit)."""
+        f = filter or AlarmFilter(active=active, device_id=device_id, limit=limit)
         with self._read() as conn:
-            return [_alarm(r) for r in conn.execute(query)]
+            return alarm_rows.list_alarms(conn, f)
+
+    def alarm(self, alarm_id: int) -> AlarmRecord | None:
+        """One alarm, or None."""
+        with self._read() as conn:
+            return alarm_rows.alarm_by_id(conn, alarm_id)
+
+    def ack_alarm(
+        self, alarm_id: int, by: str, note: str | None, at: datetime
+    ) -> tuple[AlarmRecord | None, bool]:
+        """Acknowledge an alarm (once): (the alarm or None if unknown, whether this acked it)."""
+        with self.transaction() as tx:
+            return alarm_rows.ack_alarm(tx.conn, alarm_id, by, note, at)
+
+    def set_alarm_rules(self, device_id: str, rules_json: str | None) -> None:
+        """Store a device's alarm rule overrides (None: the configured rules)."""
+        with self.transaction() as tx:
+            tx.conn.execute(
+                update(t.devices)
+                .where(t.devices.c.device_id == device_id)
+                .values(alarm_rules=rules_json)
+            )
 
     # open fragments
 
@@ -1151,6 +1088,7 @@ def _short(exc: BaseException) -> str:
 __all__ = [
     "FINAL_STATUSES",
     "PENDING_STATUSES",
+    "AlarmFilter",
     "AlarmRecord",
     "AmbientRecord",
     "BatchTx",

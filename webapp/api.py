@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 from datetime import UTC, datetime, timedelta
@@ -14,10 +15,19 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from bridge import announcements as ann
+from bridge.alarms import (
+    KINDS,
+    SEVERITIES,
+    AlarmRuleError,
+    merge_overrides,
+    rules_dict,
+    rules_with,
+)
 from bridge.config import Config
 from bridge.downlinks import RateLimited
 from bridge.ttn import format_time, parse_time
 from db import retention
+from db.alarms import MAX_NOTE_CHARS, AlarmFilter
 from db.gridpack import unpack_grid
 from db.store import PENDING_STATUSES, DeviceRecord, StorageUnavailable, Store
 from imaging.heatmap import histogram
@@ -493,17 +503,129 @@ def device_downlinks(device_id: str) -> Response:
     return jsonify({"device_id": device_id, "downlinks": [ann.downlink_view(r) for r in records]})
 
 
+def _choice_arg(name: str, allowed: tuple[str, ...]) -> str | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if raw not in allowed:
+        choices = " or ".join(allowed) if len(allowed) == 2 else "one of " + ", ".join(allowed)
+        fail(400, f"{name} must be {choices}, got {_shown(raw)}")
+    return raw
+
+
 @bp.get("/api/alarms")
 def list_alarms() -> Response:
-    """Alarms, newest first; ?active=true for the current ones."""
-    raw = request.args.get("active")
-    if raw not in (None, "true", "false"):
-        fail(400, f"active must be true or false, got {_shown(raw)}")
-    active = None if raw is None else raw == "true"
-    device_id = request.args.get("device_id")
-    limit = _int_arg("limit", 200, 1, MAX_LIMIT)
-    records = _store().alarms(active=active, device_id=device_id, limit=limit)
+    """Alarms, newest first; filters active, device, kind, severity, since, until, limit."""
+    active = _choice_arg("active", ("true", "false"))
+    device_id = request.args.get("device", request.args.get("device_id"))
+    for name in ("since", "until"):
+        if request.args.get(name) == "":
+            fail(400, f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z, not empty")
+    since, until = _time_arg("since"), _time_arg("until")
+    records = _store().alarms(
+        filter=AlarmFilter(
+            active=None if active is None else active == "true",
+            device_id=device_id,
+            kind=_choice_arg("kind", KINDS),
+            severity=_choice_arg("severity", SEVERITIES),
+            since=since,
+            until=until,
+            limit=_int_arg("limit", 100, 1, MAX_LIMIT),
+        )
+    )
     return jsonify({"alarms": [ann.alarm(a) for a in records]})
+
+
+def _acked_by() -> str:
+    """Who acknowledges: the name of the API token used. Tokens in credentials.json have no
+    names yet (users and named tokens are a later issue), so "token" when a write token was
+    given, else "anonymous" (no tokens configured: the open demo)."""
+    config = _config()
+    token = _token()
+    return "token" if config.api_tokens and can_write(config, token) else "anonymous"
+
+
+@bp.post("/api/alarms/<int:alarm_id>/ack")
+def ack_alarm(alarm_id: int) -> Response:
+    """Acknowledge an alarm, with an optional note; an acked alarm is returned unchanged."""
+    _require_write()
+    note: str | None = None
+    if request.content_length or request.data:
+        body = _json_body()
+        if not isinstance(body, dict):
+            fail(400, 'the body must be a JSON object such as {"note": "fan checked"}')
+        unknown = sorted(set(body) - {"note"})
+        if unknown:
+            fail(400, f"unknown key {_shown(unknown[0])}; the only key is note")
+        note = body.get("note")
+        if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE_CHARS):
+            fail(400, f"note must be a string of at most {MAX_NOTE_CHARS} characters")
+    if alarm_id > MAX_ID:
+        fail(404, f"unknown alarm {alarm_id}")
+    record, acked_now = _store().ack_alarm(alarm_id, _acked_by(), note, datetime.now(UTC))
+    if record is None:
+        fail(404, f"unknown alarm {alarm_id}")
+    payload = ann.alarm(record)
+    if acked_now:
+        current_app.extensions["thermal"].announce(
+            "alarm", {**payload, "transition": "acked"}, record.device_id
+        )
+    return jsonify(payload)
+
+
+def _overrides(device: DeviceRecord) -> dict[str, Any]:
+    """A device's stored rule overrides (unusable ones are ignored, as the bridge does)."""
+    if not device.alarm_rules:
+        return {}
+    try:
+        stored = json.loads(device.alarm_rules)
+        rules_with(_config().alarm_rules, stored)
+    except (ValueError, TypeError, AttributeError, AlarmRuleError):
+        return {}
+    return dict(stored)
+
+
+def _rules_view(device: DeviceRecord) -> dict[str, Any]:
+    overrides = _overrides(device)
+    rules = rules_with(_config().alarm_rules, overrides)
+    return {
+        "device_id": device.device_id,
+        **rules_dict(rules),
+        "threshold": ann.effective_threshold(device),
+        "overridden": sorted(overrides),
+    }
+
+
+@bp.get("/api/devices/<device_id>/alarm-rules")
+def get_alarm_rules(device_id: str) -> Response:
+    """The alarm rules in effect for a device (the configured ones and its overrides)."""
+    return jsonify(_rules_view(_device_or_404(device_id)))
+
+
+@bp.put("/api/devices/<device_id>/alarm-rules")
+def put_alarm_rules(device_id: str) -> Response:
+    """Override some rules of a device; null resets a rule to the configured value."""
+    _require_write()
+    body = _json_body()
+    if not isinstance(body, dict):
+        fail(400, 'the body must be a JSON object of alarm rules, e.g. {"hysteresis_c": 3}')
+    device = _device_or_404(device_id)
+    update = dict(body)
+    if "threshold" in update:
+        fail(
+            400,
+            "threshold cannot be set here: it is the node's setting "
+            "(POST /api/devices/<id>/settings)",
+        )
+    for key in ("device_id", "overridden"):
+        if key in update:
+            fail(400, f"{key} is read-only; send only alarm rules")
+    try:
+        merged = merge_overrides(_overrides(device), update)
+    except AlarmRuleError as exc:
+        fail(400, str(exc))
+    _store().set_alarm_rules(device_id, json.dumps(merged) if merged else None)
+    return jsonify(_rules_view(_device_or_404(device_id)))
 
 
 @bp.post("/request")

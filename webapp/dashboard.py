@@ -40,6 +40,12 @@ def fleet() -> str:
     return render_template("fleet.html", **_page_context())
 
 
+@bp.get("/alarms")
+def alarms() -> str:
+    """Alarm history with filters; acknowledge with a note; who acknowledged."""
+    return render_template("alarms.html", **_page_context())
+
+
 @bp.get("/devices/<device_id>")
 def node(device_id: str) -> str:
     """One node live: heatmap, statistics, settings form, history, charts, CSV links."""

@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from bridge.alarms import AlarmRules
 from bridge.config import Config, MqttConfig
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,29 @@ log = logging.getLogger(__name__)
 DEMO_NODES = 3
 DEMO_INTERVAL_S = 0.25  # accelerated: a slow-mode frame (24 uplinks) every 6 s per node
 DEMO_APP_ID = "thermal-demo"
+SCENE_STEP_S = 30.0  # node_firmware.simulator's scene time per uplink
+
+
+def demo_alarm_rules(interval_s: float) -> AlarmRules:
+    """The demo's alarm rules for nodes publishing every `interval_s`.
+
+    - Its scenes move 30 s per uplink (a real node's pace), 120 times the clock at 0.25 s: the
+      rate-of-rise window shrinks by as much, or an ordinary warm-up would look like a runaway.
+    - The racks' cells sit some 10 °C above the room: uneven means a hot spot, 25 °C.
+    - A node's automatic fan (PROTOCOL.md: on while the hottest pixel is above the threshold)
+      holds a faulty cell just under the threshold for two or three frames, then it climbs
+      back. Cleared after two cool frames, that alarm would open and clear every few frames;
+      five frames (an hour of the scene) keep it open while the fault is only held at bay, as
+      Prometheus's `keep_firing_for` does, and let it clear once the fan is on for good.
+    """
+    return AlarmRules(
+        non_uniform_spread_c=25.0,
+        clear_after_frames=5,
+        rise_window_s=600.0 * interval_s / SCENE_STEP_S,
+    )
+
+
+DEMO_ALARM_RULES = demo_alarm_rules(DEMO_INTERVAL_S)
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -90,6 +114,7 @@ def demo_config(base: Config, mqtt_port: int, web_port: int) -> Config:
         offline_after_s=30.0,
         frame_timeout_s=120.0,
         web_port=web_port,
+        alarm_rules=DEMO_ALARM_RULES,
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bridge.alarms import KINDS, RULE_RANGES, SEVERITIES
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -16,7 +18,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "bad input; the message names the field",
         401: "a bearer token is needed",
         403: "the token may not do this",
-        404: "unknown device or frame",
+        404: "unknown device, frame or alarm",
         413: "body too large",
         415: "the body must be JSON",
         429: "too many settings changes for this device today",
@@ -68,6 +70,20 @@ def document() -> dict[str, Any]:
             "mode": {"type": "string", "enum": ["slow", "fast", "compressed"]},
             "threshold": {"type": "integer", "minimum": -40, "maximum": 150},
             "step": {"type": "number", "enum": [0.1, 0.2, 0.5, 1.0]},
+        },
+    }
+    rules_body = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            **{
+                key: {
+                    "type": ["integer" if integer else "number", "null"],
+                    "minimum": low,
+                    "maximum": high,
+                }
+                for key, (integer, low, high) in RULE_RANGES.items()
+            },
         },
     }
     paths: dict[str, Any] = {
@@ -189,11 +205,16 @@ def document() -> dict[str, Any]:
         },
         "/api/alarms": {
             "get": {
-                "summary": "Alarms, newest first",
+                "summary": "Alarms, newest first, with filters",
                 "parameters": [
                     _param("active", "string", enum=["true", "false"]),
+                    _param("device", "string"),
                     _param("device_id", "string"),
-                    _limit(200, 1000),
+                    _param("kind", "string", enum=list(KINDS)),
+                    _param("severity", "string", enum=list(SEVERITIES)),
+                    SINCE,
+                    UNTIL,
+                    _limit(100, 1000),
                 ],
                 "responses": {"200": _json(obj, "alarms"), **_errors(400, 401, 503)},
             }
@@ -206,6 +227,51 @@ def document() -> dict[str, Any]:
                     **_errors(401),
                 },
             }
+        },
+        "/api/alarms/{alarm_id}/ack": {
+            "post": {
+                "summary": "Acknowledge an alarm, with an optional note",
+                "parameters": [_param("alarm_id", "integer", "path", minimum=1)],
+                "security": [{"bearer": []}, {}],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "note": {"type": ["string", "null"], "maxLength": 500}
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(obj, "the alarm"),
+                    **_errors(400, 401, 403, 404, 413, 415, 503),
+                },
+            }
+        },
+        "/api/devices/{device_id}/alarm-rules": {
+            "get": {
+                "summary": "The alarm rules in effect for a device",
+                "parameters": [DEVICE_ID],
+                "responses": {"200": _json(obj, "rules"), **_errors(401, 404, 503)},
+            },
+            "put": {
+                "summary": "Override some alarm rules of a device (null resets one)",
+                "parameters": [DEVICE_ID],
+                "security": [{"bearer": []}, {}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": rules_body}},
+                },
+                "responses": {
+                    "200": _json(obj, "the rules in effect"),
+                    **_errors(400, 401, 403, 404, 413, 415, 503),
+                },
+            },
         },
         "/api/openapi.json": {
             "get": {"summary": "This document", "responses": {"200": _json(obj, "OpenAPI")}}

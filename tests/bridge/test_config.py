@@ -120,3 +120,18 @@ def test_topics_are_configurable_for_pubsub(tmp_path: Path) -> None:
     assert cfg.mqtt.topic_uplinks() == "site/+/up"
     assert cfg.mqtt.topics_events() == ["site/+/events/#"]
     assert cfg.mqtt.topic_downlink("n1") == "site/n1/replace"
+
+
+def test_alarm_rules_come_from_conf_and_environment_and_a_bad_one_is_named(
+    tmp_path: Path,
+) -> None:
+    assert load(None, None, environ={}).alarm_rules.clear_after_frames == 2
+    conf = write(tmp_path / "conf.json", {"alarms": {"hysteresis_c": 3, "rise_window_s": 300}})
+    cfg = load(conf, None, environ={"THERMAL_ALARMS_CLEAR_AFTER_FRAMES": "4"})
+    assert cfg.alarm_rules.hysteresis_c == 3.0 and cfg.alarm_rules.rise_window_s == 300.0
+    assert cfg.alarm_rules.clear_after_frames == 4
+    with pytest.raises(ConfigError, match="alarms: clear_after_frames must be an integer"):
+        load(conf, None, environ={"THERMAL_ALARMS_CLEAR_AFTER_FRAMES": "many"})
+    bad = write(tmp_path / "bad.json", {"alarms": {"hysterisis_c": 3}})
+    with pytest.raises(ConfigError, match="unknown alarm rule 'hysterisis_c'"):
+        load(bad, None, environ={})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, insert, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
 from bridge.announcements import frame_meta
 from db import schema as t
@@ -91,4 +92,60 @@ def test_a_version_2_database_upgrades_and_keeps_its_frames(mysql_url: str) -> N
     [record] = Store(engine).frames("old1", None, None, 10)
     assert record.frame_number == 7 and record.step_tenths is None
     assert frame_meta(record)["step"] == 0.1, "a slow frame is at the protocol's 0.1 °C"
+    engine.dispose()
+
+
+def _as_version_3(engine: Engine) -> None:
+    """Turn a current database back into what version 3 looked like (alarms without severity,
+    acknowledgement or the one-active key; devices without alarm rules and state)."""
+    with engine.begin() as conn:
+        if conn.dialect.name in ("mysql", "mariadb"):
+            conn.execute(text("DROP INDEX uq_alarms_active ON alarms"))
+            for column in ("severity", "active_kind", "acked_at", "acked_by", "note"):
+                conn.execute(text(f"ALTER TABLE alarms DROP COLUMN {column}"))
+        else:  # SQLite cannot drop a column of a unique constraint: the table as it was
+            conn.execute(text("DROP TABLE alarms"))
+            conn.execute(
+                text(
+                    "CREATE TABLE alarms (alarm_id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                    "device_id VARCHAR(64) NOT NULL, kind VARCHAR(32) NOT NULL, "
+                    "active BOOLEAN NOT NULL, value FLOAT, limit_value FLOAT, "
+                    "opened_at DATETIME NOT NULL, closed_at DATETIME, detail TEXT)"
+                )
+            )
+        for column in ("alarm_rules", "alarm_state"):
+            conn.execute(text(f"ALTER TABLE devices DROP COLUMN {column}"))
+        conn.execute(t.schema_version.delete().where(t.schema_version.c.version > 3))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_version_5_keeps_one_active_alarm_per_kind_and_the_database_enforces_it(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "mysql_url")
+    engine = make_engine(url)
+    upgrade(engine)
+    _as_version_3(engine)
+    at = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    old = {"device_id": "old1", "kind": "over_threshold", "active": True, "value": 60.0}
+    with engine.begin() as conn:
+        # What the first release could leave behind: the same kind active twice, and history.
+        for minute in (0, 5):
+            conn.execute(insert(t.alarms).values({**old, "opened_at": at.replace(minute=minute)}))
+        conn.execute(
+            insert(t.alarms).values({**old, "active": False, "opened_at": at, "closed_at": at})
+        )
+    assert upgrade(engine) == CURRENT_VERSION
+    assert upgrade(engine) == CURRENT_VERSION  # again: nothing to do
+    store = Store(engine)
+    active = store.alarms(active=True)
+    assert [(a.opened_at.minute, a.severity) for a in active] == [(5, "warning")]
+    assert len(store.alarms()) == 3
+    with pytest.raises(IntegrityError), store.transaction() as tx:
+        tx.open_alarm("old1", "over_threshold", "critical", 70.0, 50.0, at.replace(minute=9))
+    with store.transaction() as tx:  # another kind, or once the first cleared, is fine
+        tx.open_alarm("old1", "non_uniform", "warning", 12.0, 10.0, at)
+        tx.close_alarm(active[0], 40.0, at.replace(minute=10))
+        tx.open_alarm("old1", "over_threshold", "warning", 55.0, 50.0, at.replace(minute=11))
+    assert len(store.alarms(active=True)) == 2
     engine.dispose()

@@ -189,13 +189,19 @@ def test_oversized_body_is_413(client: FlaskClient, feeder: Feeder) -> None:
     assert response.status_code == 413 and "larger than" in response.json["error"]
 
 
-def test_alarm_opens_once_and_closes_when_cool(client: FlaskClient, feeder: Feeder) -> None:
+def test_alarm_opens_once_and_closes_after_two_cool_frames(
+    client: FlaskClient, feeder: Feeder
+) -> None:
     feeder.frame("node1", hot=80.0, number=4)
     feeder.frame("node1", hot=81.0, number=5)
     active = client.get("/api/alarms?active=true").json["alarms"]
     over = [a for a in active if a["device_id"] == "node1" and a["kind"] == "over_threshold"]
-    assert len(over) == 1 and over[0]["limit"] == 50.0
+    assert len(over) == 1 and over[0]["limit"] == 50.0 and over[0]["severity"] == "critical"
     feeder.frame("node1", hot=30.0, number=6)
+    active = client.get("/api/alarms?active=true").json["alarms"]
+    still = [a for a in active if a["device_id"] == "node1" and a["kind"] == "over_threshold"]
+    assert [a["alarm_id"] for a in still] == [over[0]["alarm_id"]], "one cool frame clears nothing"
+    feeder.frame("node1", hot=30.0, number=7)
     active = client.get("/api/alarms?active=true").json["alarms"]
     assert not [a for a in active if a["device_id"] == "node1" and a["kind"] == "over_threshold"]
     closed = client.get("/api/alarms?active=false").json["alarms"]

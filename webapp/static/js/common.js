@@ -101,11 +101,35 @@
         return `Hot: ${temp(alarm.value)}, over the ${temp(alarm.limit)} threshold`;
       case "non_uniform":
         return `Uneven: ${isNumber(alarm.value) ? alarm.value.toFixed(1) : "?"} °C between coldest and hottest pixel (limit ${isNumber(alarm.limit) ? alarm.limit.toFixed(1) : "?"} °C)`;
+      case "rate_of_rise":
+        return `Rising fast: hottest pixel up ${isNumber(alarm.value) ? alarm.value.toFixed(1) : "?"} °C (limit ${isNumber(alarm.limit) ? alarm.limit.toFixed(1) : "?"} °C)`;
       case "offline":
         return `Offline: silent for ${duration(alarm.value)}`;
       default:
         return `${alarm.kind}: ${alarm.value}`;
     }
+  }
+
+  /** An active alarm as a list item: severity badge, words, and whether it was acknowledged. */
+  function alarmItem(alarm, withDevice) {
+    const severity = alarm.severity || "warning";
+    return el("li", {
+      class: `alarm severity-${severity}`,
+      data: { kind: alarm.kind, severity, alarmId: String(alarm.alarm_id) },
+      testid: "alarm",
+    },
+    el("span", { class: `severity ${severity}`, testid: "alarm-severity", text: severity }),
+    " ",
+    withDevice ? el("a", { href: `/devices/${encodeURIComponent(alarm.device_id)}`, text: alarm.device_id }) : null,
+    withDevice ? " " : null,
+    el("span", { text: alarmText(alarm) }),
+    alarm.acked_at ? el("span", { class: "muted", text: ` · acked by ${alarm.acked_by || "?"}` }) : null);
+  }
+
+  /** Critical first, then the newest. */
+  function byUrgency(a, b) {
+    const rank = (x) => (x.severity === "critical" ? 0 : 1);
+    return rank(a) - rank(b) || String(b.opened_at).localeCompare(String(a.opened_at));
   }
 
   // --- the token -----------------------------------------------------------------------------
@@ -376,7 +400,7 @@
   setupTokenForm();
 
   window.Thermal = {
-    $, el, setText, setTime, isNumber, temp, percent, time, seconds, alarmText,
+    $, el, setText, setTime, isNumber, temp, percent, time, seconds, alarmText, alarmItem, byUrgency,
     tokensRequired, readsOpen, needsToken, ensureToken, api, ApiError, resourceUrl, release,
     protectDownload, showPng, showUrl, connect, setConnection,
   };

@@ -11,6 +11,8 @@
   const summary = T.$("summary");
   const empty = T.$("fleet-empty");
   const errorBox = T.$("fleet-error");
+  const activeSection = T.$("active-alarms");
+  const activeList = T.$("active-alarm-list");
 
   /** device_id -> {state, frame, ambient, alarms: Map(kind -> alarm), card: {...elements}} */
   const nodes = new Map();
@@ -96,11 +98,18 @@
 
   function renderAlarms(node) {
     const c = node.card;
-    c.alarms.replaceChildren(
-      ...[...node.alarms.values()].map((a) =>
-        T.el("li", { class: "alarm", data: { kind: a.kind }, text: T.alarmText(a) })),
-    );
+    c.alarms.replaceChildren(...[...node.alarms.values()].sort(T.byUrgency).map((a) => T.alarmItem(a, false)));
     c.root.dataset.alarms = String(node.alarms.size);
+    renderActiveAlarms();
+  }
+
+  /** Every active alarm of the fleet at the top of the page, critical first. */
+  function renderActiveAlarms() {
+    const all = [...nodes.values()].flatMap((n) => [...n.alarms.values()]).sort(T.byUrgency);
+    activeList.replaceChildren(...all.map((a) => T.alarmItem(a, true)));
+    activeSection.hidden = all.length === 0;
+    activeSection.dataset.count = String(all.length);
+    activeSection.dataset.critical = String(all.filter((a) => a.severity === "critical").length);
   }
 
   function hottest(node) {

@@ -44,6 +44,9 @@
     histogram: T.$("histogram"),
     history: T.$("history"),
     chartMax: T.$("chart-max"),
+    rulesForm: T.$("rules-form"),
+    rulesSummary: T.$("rules-summary"),
+    rulesError: T.$("rules-error"),
     chartAmbient: T.$("chart-ambient"),
     csvFrames: T.$("csv-frames"),
     csvFrame: T.$("csv-frame"),
@@ -62,6 +65,7 @@
     framesById: new Map(), // frame_id -> metadata, for the history strip and the chart
     ambient: new Map(), // ISO time -> temperature
     summaries: [], // hourly summaries before the oldest frame charted, oldest first
+    rules: null, // the alarm rules in effect (GET /api/devices/<id>/alarm-rules)
   };
 
   function showError(message) {
@@ -107,6 +111,9 @@
     if (payload.device_id !== deviceId) return;
     state.node = Object.assign({}, state.node, payload);
     renderNode();
+    if (state.rules && T.isNumber(payload.threshold) && payload.threshold !== state.rules.threshold) {
+      renderRules(Object.assign({}, state.rules, { threshold: payload.threshold }));
+    }
   }
 
   function applyAmbient(reading) {
@@ -124,8 +131,7 @@
       state.alarms.delete(alarm.kind);
     }
     ui.alarms.replaceChildren(
-      ...[...state.alarms.values()].map((a) =>
-        T.el("li", { class: "alarm", data: { kind: a.kind }, text: T.alarmText(a) })),
+      ...[...state.alarms.values()].sort(T.byUrgency).map((a) => T.alarmItem(a, false)),
     );
   }
 
@@ -362,7 +368,7 @@
   const charts = { max: null, ambient: null };
   let chartsScheduled = false;
 
-  function chartOptions(label, color, width) {
+  function chartOptions(label, color, width, limits) {
     const axis = {
       stroke: cssVar("--muted", "#999"),
       grid: { stroke: cssVar("--grid", "rgba(128,128,128,0.2)"), width: 1 },
@@ -388,7 +394,15 @@
         },
       },
       axes: [axis, Object.assign({}, axis, { size: 44 })],
-      series: [{}, { label, stroke: color, width: 2, spanGaps: true, points: { size: 4 } }],
+      series: [
+        {},
+        { label, stroke: color, width: 2, spanGaps: true, points: { size: 4 } },
+        ...(limits ? [
+          { label: "threshold", stroke: cssVar("--hot", "#e4572e"), width: 1, dash: [6, 4], points: { show: false } },
+          { label: "clears below", stroke: cssVar("--muted", "#999"), width: 1, dash: [2, 4], points: { show: false } },
+        ] : []),
+      ],
+      bands: limits ? [{ series: [2, 3], fill: "rgba(228, 87, 46, 0.15)" }] : [],
     };
   }
 
@@ -402,13 +416,24 @@
     return [all.map((p) => p[0]), all.map((p) => p[1])];
   }
 
+  /** The threshold and the level an alarm clears below (threshold − hysteresis), as lines. */
+  function limitSeries(xs) {
+    const threshold = state.rules && T.isNumber(state.rules.threshold) ? state.rules.threshold : null;
+    const hysteresis = state.rules && T.isNumber(state.rules.hysteresis_c) ? state.rules.hysteresis_c : null;
+    const clear = threshold !== null && hysteresis !== null ? threshold - hysteresis : null;
+    ui.chartMax.dataset.threshold = threshold === null ? "" : String(threshold);
+    ui.chartMax.dataset.clearBelow = clear === null ? "" : String(clear);
+    return [xs.map(() => threshold), xs.map(() => clear)];
+  }
+
   function frameSeries() {
     const frames = [...state.framesById.values()]
       .map((f) => [T.seconds(f.captured_at), f.temp_max])
       .filter(([x, y]) => x !== null && T.isNumber(y))
       .sort((a, b) => a[0] - b[0])
       .slice(-CHART_FRAMES);
-    return withSummaries(frames, "temp_max", "max"); // the hour's hottest frame
+    const [xs, ys] = withSummaries(frames, "temp_max", "max"); // the hour's hottest frame
+    return [xs, ys, ...limitSeries(xs)];
   }
 
   function ambientSeries() {
@@ -432,7 +457,8 @@
     }
     if (!charts[key]) {
       container.textContent = "";
-      charts[key] = new window.uPlot(chartOptions(label, color, container.clientWidth || 300), data, container);
+      const options = chartOptions(label, color, container.clientWidth || 300, data.length > 2);
+      charts[key] = new window.uPlot(options, data, container);
     } else {
       charts[key].setData(data);
     }
@@ -552,6 +578,52 @@
     }
   }
 
+  // --- alarm rules ---------------------------------------------------------------------------
+
+  const RULE_KEYS = [
+    "open_after_frames", "clear_after_frames", "hysteresis_c", "critical_margin_c",
+    "non_uniform_spread_c", "rise_c", "rise_window_s",
+  ];
+
+  function renderRules(rules) {
+    state.rules = rules;
+    for (const key of RULE_KEYS) {
+      const input = ui.rulesForm.elements[key];
+      input.value = T.isNumber(rules[key]) ? String(rules[key]) : "";
+      input.dataset.overridden = rules.overridden.includes(key) ? "true" : "false";
+    }
+    const changed = rules.overridden.length ? `changed here: ${rules.overridden.join(", ")}` : "the server's rules";
+    T.setText(ui.rulesSummary,
+      `Threshold ${rules.threshold} °C (a node setting): alarms clear below ${(rules.threshold - rules.hysteresis_c).toFixed(1)} °C, critical above ${(rules.threshold + rules.critical_margin_c).toFixed(1)} °C; ${changed}.`);
+    ui.rulesForm.dataset.loaded = "true";
+    scheduleCharts();
+  }
+
+  async function loadRules() {
+    renderRules(await T.api(`/api/devices/${enc}/alarm-rules`));
+  }
+
+  async function submitRules(event) {
+    event.preventDefault();
+    ui.rulesError.hidden = true;
+    const body = {};
+    for (const key of RULE_KEYS) {
+      const raw = ui.rulesForm.elements[key].value.trim();
+      const number = Number(raw);
+      if (raw === "") {
+        if (state.rules && state.rules.overridden.includes(key)) body[key] = null; // back to the server's
+      } else if (!state.rules || number !== state.rules[key]) {
+        body[key] = Number.isFinite(number) ? number : raw;
+      }
+    }
+    try {
+      renderRules(await T.api(`/api/devices/${enc}/alarm-rules`, { method: "PUT", json: body }));
+    } catch (e) {
+      ui.rulesError.hidden = false;
+      T.setText(ui.rulesError, e.message);
+    }
+  }
+
   // --- loading -------------------------------------------------------------------------------
 
   async function loadDevice() {
@@ -612,7 +684,7 @@
       error: (message) => showError(`Live updates: ${message}`),
     });
     try {
-      if (await loadDevice()) await loadHistory();
+      if (await loadDevice()) await Promise.all([loadHistory(), loadRules()]);
     } catch (e) {
       showError(`Could not load this node: ${e.message}`);
     }
@@ -624,6 +696,7 @@
     });
   }
   ui.form.addEventListener("submit", submitSettings);
+  ui.rulesForm.addEventListener("submit", submitRules);
   ui.backToLive.addEventListener("click", unpin);
   T.protectDownload(ui.csvFrames);
   T.protectDownload(ui.csvFrame);
