@@ -155,12 +155,22 @@ def upgrade(engine: Engine) -> int:
             lock.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": SCHEMA_LOCK})
 
 
+def applied_versions(conn: Connection) -> set[int]:
+    """The migration numbers recorded in schema_version."""
+    if not inspect(conn).has_table("schema_version"):
+        return set()
+    return set(conn.execute(select(schema.schema_version.c.version)).scalars().all())
+
+
 def _upgrade(engine: Engine) -> int:
+    # Every step not yet recorded is applied, not only those above the highest recorded: the
+    # numbers were reserved per feature while the second release was built in parallel, so a
+    # database may hold a later step before an earlier one lands. Steps check before altering.
     with engine.begin() as conn:
         schema.schema_version.create(conn, checkfirst=True)
-        version = current_version(conn)
+        applied = applied_versions(conn)
     for number, title, step in MIGRATIONS:
-        if number <= version:
+        if number in applied:
             continue
         with engine.begin() as conn:
             log.info("applying migration %d: %s", number, title)
@@ -168,5 +178,5 @@ def _upgrade(engine: Engine) -> int:
             conn.execute(
                 schema.schema_version.insert().values(version=number, applied_at=datetime.now(UTC))
             )
-        version = number
-    return version
+        applied.add(number)
+    return max(applied, default=0)

@@ -149,3 +149,19 @@ def test_version_5_keeps_one_active_alarm_per_kind_and_the_database_enforces_it(
         tx.open_alarm("old1", "over_threshold", "warning", 55.0, 50.0, at.replace(minute=11))
     assert len(store.alarms(active=True)) == 2
     engine.dispose()
+
+
+def test_a_step_numbered_below_one_already_applied_is_still_applied(sqlite_url: str) -> None:
+    """Migration numbers were reserved per feature: a database that recorded a later step
+    before an earlier one landed still gets the earlier one (frames.step here)."""
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    _as_version_2(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(t.schema_version).values(version=10, applied_at=datetime.now(UTC)))
+    assert upgrade(engine) == CURRENT_VERSION
+    assert "step" in {c["name"] for c in inspect(engine).get_columns("frames")}
+    with engine.connect() as conn:
+        versions = conn.execute(select(t.schema_version.c.version)).scalars().all()
+    assert sorted(versions) == [n for n, _, _ in MIGRATIONS]
+    engine.dispose()
